@@ -1,0 +1,130 @@
+"""The network's forward contract, its stage outputs and its no-attention mode."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import HEIGHT, NUM_CLASSES, WIDTH
+from torchreid_scal import _torchreid
+from torchreid_scal.models import SCALOutput, create_model, stage_sizes
+from torchreid_scal.models.scal_resnet import STAGE_CHANNELS
+
+VARIANTS = ["resnet50_scal_channel", "resnet50_scal_spatial", "resnet50_bnneck"]
+
+
+def build(variant: str, **kwargs):
+    kwargs.setdefault("height", HEIGHT)
+    kwargs.setdefault("width", WIDTH)
+    return create_model(variant, NUM_CLASSES, pretrained=False, **kwargs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_outputs_in_every_mode(variant, images):
+    model = build(variant, loss="triplet")
+    model.train()
+    logits, feature = model(images)
+    assert logits.shape == (4, NUM_CLASSES) and feature.shape == (4, 2048)
+    model.loss = "softmax"
+    assert model(images).shape == (4, NUM_CLASSES)
+    model.eval()
+    with torch.no_grad():
+        bn = model(images)
+        maps = model(images, return_featuremaps=True)
+        model.feature = "pool"
+        pooled = model(images)
+    assert bn.shape == pooled.shape == (4, 2048)
+    assert torch.allclose(pooled, maps.mean(dim=(2, 3)), atol=1e-5)
+    assert not torch.allclose(bn, pooled)
+    assert maps.shape == (4, 2048, *stage_sizes(HEIGHT, WIDTH)[-1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_stage_outputs(variant, images):
+    model = build(variant)
+    out = model(images, return_stages=True)
+    assert isinstance(out, SCALOutput)
+    sizes = stage_sizes(HEIGHT, WIDTH)
+    assert [tuple(x.shape) for x in out.features] == [(4, c, *s) for c, s in zip(STAGE_CHANNELS, sizes)]
+    if variant == "resnet50_bnneck":
+        assert out.maps == []
+        return
+    expected = [(4, c, 1, 1) for c in STAGE_CHANNELS] if "channel" in variant else [(4, 1, *s) for s in sizes]
+    assert [tuple(a.shape) for a in out.maps] == expected
+    for a in out.maps:
+        assert a.min() > 0 and a.max() < 1
+    assert torch.allclose(out.featuremaps, out.features[-1] * out.maps[-1])
+
+
+def test_last_stride_two_halves_the_last_map(images):
+    one = build("resnet50_scal_channel", last_stride=1)(images, return_featuremaps=True)
+    two = build("resnet50_scal_channel", last_stride=2)(images, return_featuremaps=True)
+    assert one.shape[-2:] == (4, 2) and two.shape[-2:] == (2, 1)
+
+
+class _Ones(nn.Module):
+    def __init__(self, agent: nn.Module) -> None:
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, x):
+        return torch.ones_like(self.agent(x))
+
+
+@pytest.mark.parametrize("variant", ["resnet50_scal_channel", "resnet50_scal_spatial"])
+def test_no_attention_equals_maps_forced_to_one(variant, images):
+    model = build(variant).eval()
+    with torch.no_grad():
+        attended = model(images, return_stages=True).logits
+        plain = model(images, return_stages=True, use_attention=False)
+        model.agents = nn.ModuleList(_Ones(a) for a in model.agents)
+        forced = model(images, return_stages=True).logits
+    assert plain.maps == []
+    assert torch.allclose(plain.logits, forced, atol=1e-5)
+    assert not torch.allclose(plain.logits, attended, atol=1e-3)
+
+
+def _bn_state(model: nn.Module):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_no_attention_pass_leaves_bn_statistics_untouched(images):
+    model = build("resnet50_scal_channel").train()
+    before = _bn_state(model)
+    with torch.no_grad():
+        model(images, use_attention=False)
+    after = _bn_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    model(images)
+    changed = _bn_state(model)
+    assert not torch.equal(before["bn1.running_mean"], changed["bn1.running_mean"])
+    assert not torch.equal(before["bottleneck.running_var"], changed["bottleneck.running_var"])
+    assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_spatial_model_rejects_another_image_size():
+    model = build("resnet50_scal_spatial")
+    with pytest.raises(ValueError, match=r"64x32.*128x64"):
+        model(torch.randn(2, 3, 128, 64))
+
+
+def test_bnneck_bias_stays_frozen_through_torchreids_open_all_layers():
+    model = build("resnet50_scal_channel")
+    _torchreid.utils.open_all_layers(model)
+    names = [n for n, _ in model.named_parameters()]
+    assert "bottleneck.weight" in names and "bottleneck.bias" not in names
+    assert torch.count_nonzero(model.bottleneck.bias) == 0
+    assert model.classifier.bias is None
+
+
+def test_attention_adds_few_parameters_and_flops():
+    """Issue target at 256x128: attention adds <= 5% parameters and <= 1% FLOPs over resnet50_bnneck."""
+    figures = {}
+    for variant in VARIANTS:
+        model = create_model(variant, 751, pretrained=False).eval()
+        figures[variant] = _torchreid.utils.compute_model_complexity(model, (1, 3, 256, 128))
+    base_params, base_flops = figures["resnet50_bnneck"]
+    for variant in ("resnet50_scal_channel", "resnet50_scal_spatial"):
+        params, flops = figures[variant]
+        assert base_params < params <= 1.05 * base_params
+        assert base_flops < flops <= 1.01 * base_flops

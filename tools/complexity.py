@@ -1,0 +1,55 @@
+"""Parameters and FLOPs (torchreid's compute_model_complexity) of the model family and the critics.
+
+    python tools/complexity.py [--height 256 --width 128 --num-classes 751]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from torchreid_scal import _torchreid
+from torchreid_scal.models import StageCritics, create_model
+
+VARIANTS = ("resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal_spatial")
+
+
+class _WithCritics(nn.Module):
+    """The network followed by its critics, so one complexity count covers both."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.critics = StageCritics(model.attention, model.stage_channels, range(len(model.stage_channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x, return_stages=True)
+        return self.critics(out.features, out.maps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--num-classes", type=int, default=751)
+    args = parser.parse_args()
+    size = (1, 3, args.height, args.width)
+    count = _torchreid.utils.compute_model_complexity
+    rows = {}
+    for variant in VARIANTS:
+        model = create_model(variant, args.num_classes, pretrained=False, height=args.height, width=args.width).eval()
+        rows[variant] = count(model, size)
+        if model.attention:
+            params, flops = count(_WithCritics(model).eval(), size)
+            rows[f"critics ({model.attention})"] = (params - sum(p.numel() for p in model.parameters()),
+                                                    flops - rows[variant][1])
+    base_params, base_flops = rows["resnet50_bnneck"]
+    print(f"input {args.height}x{args.width}, {args.num_classes} classes (eval mode: the classifier is not run)")
+    print(f"{'network':<24}{'params':>14}{'x bnneck':>10}{'GFLOPs':>10}{'x bnneck':>10}")
+    for name, (params, flops) in rows.items():
+        print(f"{name:<24}{params:>14,}{params / base_params:>10.4f}{flops / 1e9:>10.4f}{flops / base_flops:>10.5f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""SCAL (Self-Critical Attention Learning, ICCV 2019) as a torchreid plugin.
+
+Importing the package registers the ``resnet50_scal`` family with torchreid's model factory and the
+``scal_demo`` dataset with its dataset table; :func:`register` does the same explicitly.
+"""
+from __future__ import annotations
+
+from ._torchreid import LAYOUT as TORCHREID_LAYOUT
+from .models import MODEL_FACTORIES, register_models
+
+__version__ = "0.1.0"
+
+
+def register() -> None:
+    """Register this package's models (and datasets) with torchreid; safe to call any number of times."""
+    register_models()
+
+
+register()
+
+__all__ = ["MODEL_FACTORIES", "TORCHREID_LAYOUT", "register", "__version__"]

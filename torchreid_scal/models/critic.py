@@ -1,0 +1,68 @@
+"""Critics: ``V = C(X_k, A_k)``, the predicted reward of one stage's attention, one scalar per image.
+
+The paper does not give the critic's layers; these are this project's (see docs of the method).
+No BatchNorm: each critic runs twice per step (for J_mse and J_cri), and running statistics
+would be disturbed by whichever pass ran last.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+class ChannelCritic(nn.Module):
+    """``concat(GAP(X), A) -> FC(2C -> hidden) -> ReLU -> FC -> 1``."""
+
+    def __init__(self, channels: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2 * channels, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x.mean(dim=(2, 3)), a.flatten(1)], dim=1)
+        return self.fc2(torch.relu(self.fc1(h))).squeeze(1)
+
+
+class SpatialCritic(nn.Module):
+    """``concat(conv1x1(X) -> mid, A) -> conv3x3 s2 -> ReLU -> GAP -> FC -> 1``."""
+
+    def __init__(self, channels: int, mid: int = 32) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, mid, kernel_size=1)
+        self.conv = nn.Conv2d(mid + 1, mid, kernel_size=3, stride=2, padding=1)
+        self.fc = nn.Linear(mid, 1)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.reduce(x), a.to(x.dtype)], dim=1)
+        return self.fc(torch.relu(self.conv(h)).mean(dim=(2, 3))).squeeze(1)
+
+
+CRITICS = {"channel": ChannelCritic, "spatial": SpatialCritic}
+
+
+class StageCritics(nn.Module):
+    """One critic per chosen attention stage; ``forward`` returns the values as a (K, B) tensor."""
+
+    def __init__(self, attention: str, stage_channels: Sequence[int], stages: Sequence[int]) -> None:
+        super().__init__()
+        if attention not in CRITICS:
+            raise ValueError(f"no critic for attention kind {attention!r}; expected one of {sorted(CRITICS)}")
+        bad = [k for k in stages if not 0 <= k < len(stage_channels)]
+        if bad or not stages:
+            raise ValueError(
+                f"scal.critic_stages={list(stages)} must be a non-empty subset of {list(range(len(stage_channels)))}"
+            )
+        self.stages = sorted(set(int(k) for k in stages))
+        self.critics = nn.ModuleDict({str(k): CRITICS[attention](stage_channels[k]) for k in self.stages})
+
+    def forward(self, features: Sequence[torch.Tensor], maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Values ``V_k`` for every critic stage k; ``features``/``maps`` are indexed by stage."""
+        return torch.stack([self.critics[str(k)](features[k], maps[k]) for k in self.stages])
+
+    def frozen(self, features: Sequence[torch.Tensor], maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Same values, computed with detached parameters: gradients reach the inputs, never the critics."""
+        params: Dict[str, torch.Tensor] = {n: p.detach() for n, p in self.named_parameters()}
+        return functional_call(self, params, (features, maps))
