@@ -41,6 +41,8 @@ def test_upstream_layout_is_detected_and_registered(monkeypatch):
     table = _present_as_upstream(monkeypatch)
     for name in NAMES:
         monkeypatch.delitem(table, name)  # restored, with this session's factories, after the test
+    datasets = vars(sys.modules["torchreid.data.datasets"])["__image_datasets"]
+    monkeypatch.delitem(datasets, "scal_demo")
     plugin = importlib.import_module("torchreid_scal")
     adapter = sys.modules["torchreid_scal._torchreid"]
     assert adapter.LAYOUT == "upstream"
@@ -49,6 +51,7 @@ def test_upstream_layout_is_detected_and_registered(monkeypatch):
     assert plugin.TORCHREID_LAYOUT == "upstream"
     upstream = sys.modules["torchreid"]
     assert set(NAMES) <= set(table)
+    assert "scal_demo" in datasets
     model = upstream.models.build_model("resnet50_bnneck", 5, loss="triplet", pretrained=False)
     assert model.classifier.out_features == 5
 

@@ -6,16 +6,19 @@ Importing the package registers the ``resnet50_scal`` family with torchreid's mo
 from __future__ import annotations
 
 from ._torchreid import LAYOUT as TORCHREID_LAYOUT
+from .datasets import register_datasets
+from .engine import ImageSCALEngine
 from .models import MODEL_FACTORIES, register_models
 
 __version__ = "0.1.0"
 
 
 def register() -> None:
-    """Register this package's models (and datasets) with torchreid; safe to call any number of times."""
+    """Register this package's models and datasets with torchreid; safe to call any number of times."""
     register_models()
+    register_datasets()
 
 
 register()
 
-__all__ = ["MODEL_FACTORIES", "TORCHREID_LAYOUT", "register", "__version__"]
+__all__ = ["ImageSCALEngine", "MODEL_FACTORIES", "TORCHREID_LAYOUT", "register", "__version__"]

@@ -93,3 +93,49 @@ def load_weights(model: nn.Module, path: str) -> Dict[str, list]:
     print(f"Loaded {len(matched)} tensors from {path}" + (f"; skipped (name or shape differs): {skipped}" if skipped else "")
           + (f"; not in file: {missing}" if missing else ""))
     return {"loaded": sorted(matched), "skipped": skipped, "missing": missing}
+
+
+def _entry(model: nn.Module, optimizer, scheduler) -> Dict[str, Any]:
+    return {
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+
+
+class SafeCheckpointing:
+    """Engine mixin replacing torchreid's ``save_model``, which crashes on a ``None`` scheduler and writes a
+    NumPy ``rank1`` that torch >= 2.6 refuses to load.
+
+    One file per epoch at torchreid's path ``save_dir/model/model.pth.tar-<epoch>`` holds the model in
+    torchreid's format (so ``FeatureExtractor`` and ``load_pretrained_weights`` read it) and every other
+    registered model (e.g. ``critic``) under its name, so model and critics can never get out of step.
+    """
+
+    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> str:
+        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1)}
+        for name in self.get_model_names():
+            entry = _entry(self._models[name], self._optims[name], self._scheds[name])
+            if name == "model":
+                state.update(entry)
+            else:
+                state[name] = entry
+        path = save_checkpoint(state, os.path.join(save_dir, "model", f"model.pth.tar-{epoch + 1}"))
+        print(f'Checkpoint saved to "{path}"')
+        return path
+
+    def resume(self, path: str) -> int:
+        """Restore every registered model, optimizer and scheduler from ``path``; return the next epoch."""
+        state = load_checkpoint(path)
+        for name in self.get_model_names():
+            entry = state if name == "model" else state.get(name)
+            if entry is None:
+                raise KeyError(f"{path} has no entry for the registered model {name!r}")
+            model = self._models[name]
+            getattr(model, "module", model).load_state_dict(state_dict_of(entry))
+            for obj, key in ((self._optims[name], "optimizer"), (self._scheds[name], "scheduler")):
+                if obj is not None and entry.get(key) is not None:
+                    obj.load_state_dict(entry[key])
+        self.epoch = int(state["epoch"])
+        print(f"Resumed from {path}: next epoch {self.epoch + 1}, last rank-1 {state.get('rank1', float('nan')):.1%}")
+        return self.epoch

@@ -14,29 +14,31 @@ from torch.func import functional_call
 
 
 class ChannelCritic(nn.Module):
-    """``concat(GAP(X), A) -> FC(2C -> hidden) -> ReLU -> FC -> 1``."""
+    """``concat(LN(GAP(X)), A) -> FC(2C -> hidden) -> ReLU -> FC -> 1``."""
 
     def __init__(self, channels: int, hidden: int = 256) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(channels)
         self.fc1 = nn.Linear(2 * channels, hidden)
         self.fc2 = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([x.mean(dim=(2, 3)), a.flatten(1)], dim=1)
+        h = torch.cat([self.norm(x.mean(dim=(2, 3))), a.flatten(1).to(x.dtype)], dim=1)
         return self.fc2(torch.relu(self.fc1(h))).squeeze(1)
 
 
 class SpatialCritic(nn.Module):
-    """``concat(conv1x1(X) -> mid, A) -> conv3x3 s2 -> ReLU -> GAP -> FC -> 1``."""
+    """``concat(GN(conv1x1(X) -> mid), A) -> conv3x3 s2 -> ReLU -> GAP -> FC -> 1``."""
 
     def __init__(self, channels: int, mid: int = 32) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, mid, kernel_size=1)
+        self.norm = nn.GroupNorm(1, mid)
         self.conv = nn.Conv2d(mid + 1, mid, kernel_size=3, stride=2, padding=1)
         self.fc = nn.Linear(mid, 1)
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.reduce(x), a.to(x.dtype)], dim=1)
+        h = torch.cat([self.norm(self.reduce(x)), a.to(x.dtype)], dim=1)
         return self.fc(torch.relu(self.conv(h)).mean(dim=(2, 3))).squeeze(1)
 
 

@@ -1,0 +1,173 @@
+"""ImageSCALEngine: gradient routing on real parameter changes, the no-attention pass, a critic that learns."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import torchreid_scal.engine as engine_module
+from conftest import HEIGHT, NUM_CLASSES, WIDTH
+from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.models import create_model
+from torchreid_scal.rewards import Rewards
+
+GROUPS = ("backbone", "agents", "bnneck", "classifier", "critics")
+
+
+def fake_datamanager(num_classes: int = NUM_CLASSES) -> SimpleNamespace:
+    return SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=num_classes, sources=["fake"])
+
+
+def make_engine(variant: str = "resnet50_scal_channel", lr: float = 1e-3, **kwargs) -> ImageSCALEngine:
+    model = create_model(variant, NUM_CLASSES, loss="triplet", pretrained=False, height=HEIGHT, width=WIDTH)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    kwargs.setdefault("critic_lr", 1e-3)
+    engine = ImageSCALEngine(fake_datamanager(), model, optimizer, use_gpu=False, **kwargs)
+    engine.set_model_mode("train")
+    return engine
+
+
+def batch(n_ids: int = 3, per_id: int = 2):
+    pids = torch.arange(n_ids).repeat_interleave(per_id)
+    return {"img": torch.randn(len(pids), 3, HEIGHT, WIDTH), "pid": pids}
+
+
+def group_of(name: str) -> str:
+    if name.startswith("agents."):
+        return "agents"
+    if name.startswith("bottleneck."):
+        return "bnneck"
+    if name.startswith("classifier."):
+        return "classifier"
+    return "backbone"
+
+
+def snapshot(engine: ImageSCALEngine):
+    params = {("critics", n): p.detach().clone() for n, p in engine.critics.named_parameters()}
+    params.update({(group_of(n), n): p.detach().clone() for n, p in engine.model.named_parameters()})
+    return params
+
+
+def changed_groups(engine: ImageSCALEngine, before) -> set:
+    after = snapshot(engine)
+    return {group for (group, name), value in before.items() if not torch.equal(value, after[(group, name)])}
+
+
+def run_objectives(engine, pick):
+    data = batch()
+    before = snapshot(engine)
+    losses = engine.compute_losses(data["img"], data["pid"])
+    model_objective, critic_objective = pick(engine, losses)
+    engine.step(model_objective, critic_objective)
+    return changed_groups(engine, before)
+
+
+ZERO = torch.zeros(())
+
+
+def test_mse_alone_moves_only_the_critics():
+    changed = run_objectives(make_engine(), lambda e, l: (ZERO, l.mse))
+    assert changed == {"critics"}
+
+
+@pytest.mark.parametrize("variant", ["resnet50_scal_channel", "resnet50_scal_spatial"])
+def test_critic_loss_alone_moves_only_the_agents(variant):
+    changed = run_objectives(make_engine(variant), lambda e, l: (e.critic_weight * l.critic, ZERO))
+    assert changed == {"agents"}
+
+
+def test_triplet_and_cross_entropy_move_network_but_not_critics():
+    engine = make_engine()
+    changed = run_objectives(engine, lambda e, l: (e.weight_t * l.triplet + e.weight_x * l.classification, ZERO))
+    assert changed == {"backbone", "agents", "bnneck", "classifier"}
+
+
+def test_every_agent_stage_is_reached_by_the_critic_loss():
+    engine = make_engine()
+    before = snapshot(engine)
+    data = batch()
+    losses = engine.compute_losses(data["img"], data["pid"])
+    engine.step(losses.critic, ZERO)
+    after = snapshot(engine)
+    for k in range(5):
+        key = ("agents", f"agents.{k}.fc1.weight")
+        assert not torch.equal(before[key], after[key]), f"agent {k} did not move"
+
+
+def test_full_step_routing_during_and_after_the_critic_warmup():
+    engine = make_engine(critic_warmup_epochs=2)
+    engine.weight_t = engine.weight_x = 0.0  # leave only the critic losses in the real step
+    before = snapshot(engine)
+    engine.epoch = 1
+    engine.forward_backward(batch())
+    assert changed_groups(engine, before) == {"critics"}
+    engine.epoch = 2
+    before = snapshot(engine)
+    engine.forward_backward(batch())
+    assert changed_groups(engine, before) == {"critics", "agents"}
+
+
+def test_critic_loss_is_reported_but_not_optimised_during_warmup():
+    engine = make_engine(critic_warmup_epochs=1)
+    data = batch()
+    losses = engine.compute_losses(data["img"], data["pid"])
+    assert not losses.critic.requires_grad
+    assert torch.isclose(losses.critic, -losses.values.mean())
+
+
+def test_no_attention_pass_shares_weights_and_builds_no_graph():
+    engine = make_engine()
+    calls = []
+    engine.model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append((module, kwargs, out, torch.is_grad_enabled())),
+        with_kwargs=True,
+    )
+    data = batch()
+    engine.compute_losses(data["img"], data["pid"])
+    (att_module, att_kwargs, att_out, _), (plain_module, plain_kwargs, plain_out, grad_enabled) = calls
+    assert plain_module is att_module is engine.model
+    assert plain_kwargs.get("use_attention") is False and att_kwargs.get("use_attention", True)
+    assert not grad_enabled and plain_out.logits.grad_fn is None and not plain_out.logits.requires_grad
+    assert att_out.logits.grad_fn is not None
+
+
+def test_summary_fields_are_finite_floats():
+    summary = make_engine().forward_backward(batch())
+    assert set(summary) == {"loss_t", "loss_x", "loss_cri", "loss_mse", "acc", "reward", "reward_c",
+                            "reward_a", "critic_value", "critic_corr"}
+    assert all(isinstance(v, float) and v == v and abs(v) != float("inf") for v in summary.values())
+    assert 0.0 <= summary["reward"] <= 2.0
+
+
+def test_engine_refuses_a_model_without_agents():
+    model = create_model("resnet50_bnneck", NUM_CLASSES, loss="triplet", pretrained=False)
+    with pytest.raises(ValueError, match="resnet50_bnneck"):
+        ImageSCALEngine(fake_datamanager(), model, torch.optim.Adam(model.parameters()), use_gpu=False)
+
+
+def test_critic_learns_a_reward_that_depends_on_its_input(monkeypatch):
+    """The reward is a known function of the image (its identity's colour); with the network frozen,
+    the engine's J_mse path must bring the critics' error well below the reward's variance."""
+    torch.manual_seed(0)
+    reward_of_pid = torch.tensor([0.0, 2.0, 1.0, 2.0])
+    colours = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0], [1.0, 1.0, -1.0]])
+
+    def known_rewards(logits, plain_logits, labels):
+        total = reward_of_pid[labels]
+        return Rewards(total.clamp(max=1.0), (total - 1).clamp(min=0.0), total)
+
+    monkeypatch.setattr(engine_module, "compute_rewards", known_rewards)
+    engine = make_engine(lr=0.0, critic_weight=0.0, critic_lr=1e-3)
+    engine.weight_t = engine.weight_x = 0.0
+
+    def coloured_batch():
+        pids = torch.arange(4).repeat_interleave(2)
+        imgs = colours[pids].view(-1, 3, 1, 1) + 0.5 * torch.randn(len(pids), 3, HEIGHT, WIDTH)
+        return {"img": imgs, "pid": pids}
+
+    for _ in range(50):
+        engine.forward_backward(coloured_batch())
+    mse = sum(engine.forward_backward(coloured_batch())["loss_mse"] for _ in range(5)) / 5
+    variance = reward_of_pid.var(unbiased=False).item()
+    assert mse < 0.4 * variance, (mse, variance)

@@ -1,0 +1,178 @@
+"""ImageSCALEngine: torchreid's triplet engine plus SCAL's critics, rewards and critic losses.
+
+One training step (``forward_backward``), top to bottom:
+forward with attention → the same weights without attention (no graph, BN statistics untouched) →
+rewards → the four losses, each routed to the parameters it may move → one backward, two optimizers.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import _torchreid
+from .checkpoint import SafeCheckpointing
+from .critic_metrics import pearson
+from .models import StageCritics
+from .rewards import Rewards, compute_rewards
+
+
+class TorchreidFixes(SafeCheckpointing):
+    """What torchreid 1.4's engines get wrong here: checkpoints (see :class:`SafeCheckpointing`) and the
+    result printout, which raises IndexError when the gallery is smaller than the largest requested rank."""
+
+    def _evaluate(self, *args, ranks: Sequence[int] = (1, 5, 10, 20), gallery_loader=None, **kwargs):
+        size = len(gallery_loader.dataset)
+        return super()._evaluate(*args, ranks=[r for r in ranks if r <= size] or [1],
+                                 gallery_loader=gallery_loader, **kwargs)
+
+
+class ImageSoftmaxEngine(TorchreidFixes, _torchreid.engine.ImageSoftmaxEngine):
+    """torchreid's softmax engine with checkpoints that reload safely."""
+
+
+class ImageTripletEngine(TorchreidFixes, _torchreid.engine.ImageTripletEngine):
+    """torchreid's triplet engine with checkpoints that reload safely."""
+
+
+class SCALLosses(NamedTuple):
+    """The terms of one step. ``model_objective`` and ``critic_objective`` are what gets minimised."""
+
+    triplet: torch.Tensor
+    classification: torch.Tensor
+    critic: torch.Tensor
+    mse: torch.Tensor
+    model_objective: torch.Tensor
+    critic_objective: torch.Tensor
+    rewards: Rewards
+    values: torch.Tensor
+    logits: torch.Tensor
+
+
+class ImageSCALEngine(ImageTripletEngine):
+    """Self-critical attention learning on top of torchreid's ``ImageTripletEngine``.
+
+    Takes the triplet engine's arguments plus the critic's: ``critic_weight`` (``w_c``), its optimizer
+    and scheduler (or ``critic_optim``/``critic_lr`` to build an optimizer with torchreid's builder),
+    ``critic_warmup_epochs`` (the agents follow the critic from that epoch on) and ``critic_stages``;
+    ``critics`` may be given ready-made (with an optimizer and scheduler built on them).
+    The critics are registered as ``'critic'``: torchreid switches their mode, steps their scheduler
+    each epoch, and they are checkpointed with the model.
+    """
+
+    def __init__(
+        self,
+        datamanager,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        margin: float = 0.3,
+        weight_t: float = 1,
+        weight_x: float = 1,
+        scheduler=None,
+        use_gpu: bool = True,
+        label_smooth: bool = True,
+        critic_weight: float = 1.0,
+        critic_optimizer: Optional[torch.optim.Optimizer] = None,
+        critic_scheduler=None,
+        critic_optim: str = "adam",
+        critic_lr: float = 1e-4,
+        critic_warmup_epochs: int = 0,
+        critic_stages: Sequence[int] = (0, 1, 2, 3, 4),
+        critics: Optional[StageCritics] = None,
+    ) -> None:
+        super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t, weight_x=weight_x,
+                         scheduler=scheduler, use_gpu=use_gpu, label_smooth=label_smooth)
+        net = self.network
+        if len(getattr(net, "agents", ())) == 0:
+            raise ValueError(
+                f"ImageSCALEngine needs a model with attention agents (resnet50_scal*), got {type(net).__name__} "
+                "without agents; train resnet50_bnneck with loss.name 'triplet' instead"
+            )
+        self.device = torch.device("cuda" if self.use_gpu else "cpu")
+        if critics is None:
+            critics = StageCritics(net.attention, net.stage_channels, critic_stages).to(self.device)
+        if critic_optimizer is None:
+            critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=critic_optim, lr=critic_lr,
+                                                                weight_decay=0.0)
+        self.critics = critics
+        self.critic_optimizer = critic_optimizer
+        self.critic_scheduler = critic_scheduler
+        self.critic_weight = critic_weight
+        self.critic_warmup_epochs = critic_warmup_epochs
+        self.register_model("critic", critics, critic_optimizer, critic_scheduler)
+
+    @property
+    def network(self) -> nn.Module:
+        """The SCAL network itself, unwrapped from DataParallel/DistributedDataParallel."""
+        return getattr(self.model, "module", self.model)
+
+    @property
+    def critic_active(self) -> bool:
+        """Whether the agents follow the critic (J_cri) in the current epoch."""
+        return self.epoch >= self.critic_warmup_epochs
+
+    def compute_losses(self, imgs: torch.Tensor, pids: torch.Tensor) -> SCALLosses:
+        """Every SCAL quantity of one batch; the gradient routing of the four losses lives here."""
+        out = self.model(imgs, return_stages=True)
+        with torch.no_grad():
+            plain_logits = self.model(imgs, return_stages=True, use_attention=False).logits
+        rewards = compute_rewards(out.logits, plain_logits, pids)
+
+        # J_tri, J_cls → backbone, agents and head (torchreid's criteria, as its triplet engine computes them).
+        loss_t = self.compute_loss(self.criterion_t, out.feature, pids)
+        loss_x = self.compute_loss(self.criterion_x, out.logits, pids)
+
+        # J_mse → critics only: their inputs X_k, A_k are cut from the network's graph.
+        features = [x.detach() for x in out.features]
+        maps = [a.detach() for a in out.maps]
+        values = self.critics(features, maps).float()
+        loss_mse = (values - rewards.total).square().mean()
+
+        # J_cri → agents only: A'_k = agent_k(X_k.detach()) keeps the backbone out, and the critics are
+        # evaluated with detached parameters so that J_cri cannot move them.
+        if self.critic_active:
+            agent_maps = [agent(x) for agent, x in zip(self.network.agents, features)]
+            loss_cri = -self.critics.frozen(features, agent_maps).float().mean()
+        else:
+            loss_cri = -values.detach().mean()  # reported during the warm-up, not optimised
+
+        model_objective = self.weight_t * loss_t + self.weight_x * loss_x
+        if self.critic_active:
+            model_objective = model_objective + self.critic_weight * loss_cri
+        return SCALLosses(loss_t, loss_x, loss_cri, loss_mse, model_objective, loss_mse, rewards, values, out.logits)
+
+    def step(self, model_objective: torch.Tensor, critic_objective: torch.Tensor) -> None:
+        """One backward through both objectives (their graphs share no parameter), then both optimizers."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        (model_objective + critic_objective).backward()
+        self.optimizer.step()
+        self.critic_optimizer.step()
+
+    def forward_backward(self, data: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        imgs, pids = self.parse_data_for_train(data)
+        imgs = imgs.to(self.device, non_blocking=True)
+        pids = pids.to(self.device, non_blocking=True)
+        losses = self.compute_losses(imgs, pids)
+        self.step(losses.model_objective, losses.critic_objective)
+        return self.summarize(losses, pids)
+
+    def summarize(self, losses: SCALLosses, pids: torch.Tensor) -> Dict[str, float]:
+        """The logged scalars, fetched from the device in one transfer."""
+        value = losses.values.detach().mean(dim=0)
+        rewards = losses.rewards
+        stats = {
+            "loss_t": losses.triplet.detach(),
+            "loss_x": losses.classification.detach(),
+            "loss_cri": losses.critic.detach(),
+            "loss_mse": losses.mse.detach(),
+            "acc": _torchreid.metrics.accuracy(losses.logits.detach(), pids)[0],
+            "reward": rewards.total.mean(),
+            "reward_c": rewards.classification.mean(),
+            "reward_a": rewards.amelioration.mean(),
+            "critic_value": value.mean(),
+            "critic_corr": pearson(value, rewards.total),
+        }
+        return dict(zip(stats, torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()))
