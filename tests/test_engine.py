@@ -171,3 +171,21 @@ def test_critic_learns_a_reward_that_depends_on_its_input(monkeypatch):
     mse = sum(engine.forward_backward(coloured_batch())["loss_mse"] for _ in range(5)) / 5
     variance = reward_of_pid.var(unbiased=False).item()
     assert mse < 0.4 * variance, (mse, variance)
+
+
+def test_mixed_precision_and_channels_last_step():
+    engine = make_engine(amp=True, test_amp=True, channels_last=True)
+    engine.model.to(memory_format=torch.channels_last)
+    assert engine.precision.dtype == torch.bfloat16 and not engine.precision.scaler.is_enabled()
+    before = snapshot(engine)
+    summary = engine.forward_backward(batch())
+    assert all(v == v for v in summary.values())
+    assert {"backbone", "agents", "critics"} <= changed_groups(engine, before)
+    engine.set_model_mode("eval")
+    features = engine.extract_features(engine._images(batch()["img"]))
+    assert features.dtype == torch.float32 and features.shape == (6, 2048)
+
+
+def test_precision_is_plain_float32_when_disabled():
+    engine = make_engine()
+    assert engine.precision.dtype == torch.float32 and not engine.precision.enabled

@@ -16,12 +16,42 @@ from . import _torchreid
 from .checkpoint import SafeCheckpointing
 from .critic_metrics import pearson
 from .models import StageCritics
+from .precision import Precision
 from .rewards import Rewards, compute_rewards
 
 
-class TorchreidFixes(SafeCheckpointing):
-    """What torchreid 1.4's engines get wrong here: checkpoints (see :class:`SafeCheckpointing`) and the
-    result printout, which raises IndexError when the gallery is smaller than the largest requested rank."""
+class EngineMixin(SafeCheckpointing):
+    """What this package adds to torchreid's engines: checkpoints that reload safely
+    (:class:`SafeCheckpointing`), mixed precision for training (``amp``) and feature extraction
+    (``test_amp``), channels-last inputs, and a result printout that does not raise IndexError when the
+    gallery is smaller than the largest requested rank."""
+
+    def __init__(self, *args, amp: bool = False, test_amp: bool = False, channels_last: bool = False,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.device = torch.device("cuda" if self.use_gpu else "cpu")
+        self.precision = Precision(self.device, amp)
+        self.test_precision = Precision(self.device, test_amp)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def _images(self, imgs: torch.Tensor) -> torch.Tensor:
+        return imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    def parse_data_for_train(self, data):
+        imgs, pids = super().parse_data_for_train(data)
+        return self._images(imgs), pids.to(self.device, non_blocking=True)
+
+    def parse_data_for_eval(self, data):
+        imgs, pids, camids = super().parse_data_for_eval(data)
+        return self._images(imgs), pids, camids
+
+    def forward_backward(self, data):
+        with self.precision.autocast():
+            return super().forward_backward(data)
+
+    def extract_features(self, input: torch.Tensor) -> torch.Tensor:
+        with self.test_precision.autocast():
+            return super().extract_features(input).float()
 
     def _evaluate(self, *args, ranks: Sequence[int] = (1, 5, 10, 20), gallery_loader=None, **kwargs):
         size = len(gallery_loader.dataset)
@@ -29,12 +59,12 @@ class TorchreidFixes(SafeCheckpointing):
                                  gallery_loader=gallery_loader, **kwargs)
 
 
-class ImageSoftmaxEngine(TorchreidFixes, _torchreid.engine.ImageSoftmaxEngine):
-    """torchreid's softmax engine with checkpoints that reload safely."""
+class ImageSoftmaxEngine(EngineMixin, _torchreid.engine.ImageSoftmaxEngine):
+    """torchreid's softmax engine with this package's additions (:class:`EngineMixin`)."""
 
 
-class ImageTripletEngine(TorchreidFixes, _torchreid.engine.ImageTripletEngine):
-    """torchreid's triplet engine with checkpoints that reload safely."""
+class ImageTripletEngine(EngineMixin, _torchreid.engine.ImageTripletEngine):
+    """torchreid's triplet engine with this package's additions (:class:`EngineMixin`)."""
 
 
 class SCALLosses(NamedTuple):
@@ -81,16 +111,19 @@ class ImageSCALEngine(ImageTripletEngine):
         critic_warmup_epochs: int = 0,
         critic_stages: Sequence[int] = (0, 1, 2, 3, 4),
         critics: Optional[StageCritics] = None,
+        amp: bool = False,
+        test_amp: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t, weight_x=weight_x,
-                         scheduler=scheduler, use_gpu=use_gpu, label_smooth=label_smooth)
+                         scheduler=scheduler, use_gpu=use_gpu, label_smooth=label_smooth, amp=amp,
+                         test_amp=test_amp, channels_last=channels_last)
         net = self.network
         if len(getattr(net, "agents", ())) == 0:
             raise ValueError(
                 f"ImageSCALEngine needs a model with attention agents (resnet50_scal*), got {type(net).__name__} "
                 "without agents; train resnet50_bnneck with loss.name 'triplet' instead"
             )
-        self.device = torch.device("cuda" if self.use_gpu else "cpu")
         if critics is None:
             critics = StageCritics(net.attention, net.stage_channels, critic_stages).to(self.device)
         if critic_optimizer is None:
@@ -147,15 +180,12 @@ class ImageSCALEngine(ImageTripletEngine):
         """One backward through both objectives (their graphs share no parameter), then both optimizers."""
         self.optimizer.zero_grad(set_to_none=True)
         self.critic_optimizer.zero_grad(set_to_none=True)
-        (model_objective + critic_objective).backward()
-        self.optimizer.step()
-        self.critic_optimizer.step()
+        self.precision.backward_step(model_objective + critic_objective, [self.optimizer, self.critic_optimizer])
 
     def forward_backward(self, data: Dict[str, torch.Tensor]) -> Dict[str, float]:
         imgs, pids = self.parse_data_for_train(data)
-        imgs = imgs.to(self.device, non_blocking=True)
-        pids = pids.to(self.device, non_blocking=True)
-        losses = self.compute_losses(imgs, pids)
+        with self.precision.autocast():
+            losses = self.compute_losses(imgs, pids)
         self.step(losses.model_objective, losses.critic_objective)
         return self.summarize(losses, pids)
 

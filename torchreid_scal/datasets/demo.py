@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import _torchreid
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 HEIGHT, WIDTH = 128, 64
 _SUPERSAMPLE = 2  # drawn at twice the size, then area-downsampled: cheap anti-aliasing
 MARKER = ".complete"
@@ -54,8 +54,8 @@ class Camera(NamedTuple):
 
 CAMERAS = (
     Camera((1.05, 1.0, 0.95), 10.0, 0.86, 0.50, 0.96),  # daylight, centred
-    Camera((0.65, 0.78, 1.0), 0.0, 0.70, 0.42, 0.90),  # dim and blue, far away, left
-    Camera((1.0, 0.88, 0.58), 30.0, 0.95, 0.56, 0.99),  # warm, washed out, close, right
+    Camera((0.8, 0.88, 1.0), 0.0, 0.70, 0.42, 0.90),  # dim and blue, far away, left
+    Camera((1.0, 0.92, 0.78), 20.0, 0.95, 0.56, 0.99),  # warm, washed out, close, right
 )
 
 

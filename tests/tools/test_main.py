@@ -1,0 +1,104 @@
+"""tools/main.py end to end in subprocesses, on a tiny configuration of the demo dataset."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MAIN = os.path.join(REPO, "tools", "main.py")
+DEMO = os.path.join(REPO, "configs", "scal_demo.yaml")
+
+
+def main_py(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, MAIN, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Overrides that make the demo job a few seconds: 64x32 images, one epoch, the test set once."""
+    root = tmp_path_factory.mktemp("reid-data")
+    return ["data.root", str(root), "data.height", "64", "data.width", "32", "data.workers", "0",
+            "train.max_epoch", "1", "train.warmup_epochs", "0", "train.print_freq", "4"]
+
+
+@pytest.fixture(scope="module")
+def scal_run(tiny, tmp_path_factory):
+    save_dir = str(tmp_path_factory.mktemp("scal"))
+    result = main_py("--config-file", DEMO, *tiny, "data.save_dir", save_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return save_dir, result
+
+
+def test_scal_trains_evaluates_and_logs(scal_run):
+    save_dir, result = scal_run
+    out = result.stdout
+    assert "Show configuration" in out and "critic_stages" in out
+    assert "torchreid 0.2.5 (pypi layout)" in out and "device cpu" in out
+    assert "loss_cri" in out and "critic_corr" in out and "reward_a" in out
+    assert "mAP:" in out and "Rank-1" in out
+    logs = [f for f in os.listdir(save_dir) if f.startswith("train.log-")]
+    assert len(logs) == 1 and "Rank-1" in open(os.path.join(save_dir, logs[0])).read()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(save_dir))
+    checkpoint = torch.load(os.path.join(save_dir, "model", "model.pth.tar-1"), weights_only=True)
+    assert checkpoint["epoch"] == 1 and "critic" in checkpoint
+
+
+def test_test_only_from_the_saved_checkpoint(scal_run, tiny, tmp_path):
+    save_dir, _ = scal_run
+    weights = os.path.join(save_dir, "model", "model.pth.tar-1")
+    result = main_py("--config-file", DEMO, *tiny, "test.evaluate", "True", "model.load_weights", weights,
+                     "data.save_dir", str(tmp_path), "test.visrank", "True", "test.visrank_topk", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Loaded" in result.stdout and "mAP:" in result.stdout and "=> Start training" not in result.stdout
+    assert any(f.startswith("test.log-") for f in os.listdir(tmp_path))
+    ranked = os.path.join(tmp_path, "visrank_scal_demo")
+    assert len(os.listdir(ranked)) == 50  # one picture per query
+
+
+def test_test_only_without_weights_warns(tiny, tmp_path):
+    result = main_py("--config-file", DEMO, *tiny, "test.evaluate", "True", "data.save_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "evaluating the model as initialised" in result.stderr
+
+
+def test_resume_continues_from_the_next_epoch(scal_run, tiny, tmp_path):
+    save_dir, _ = scal_run
+    result = main_py("--config-file", DEMO, *tiny, "train.max_epoch", "2", "data.save_dir", str(tmp_path),
+                     "model.resume", os.path.join(save_dir, "model", "model.pth.tar-1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch: [2/2]" in result.stdout and "epoch: [1/2]" not in result.stdout
+    assert torch.load(os.path.join(tmp_path, "model", "model.pth.tar-2"), weights_only=True)["epoch"] == 2
+
+
+def test_triplet_baseline_with_torchreids_engine(tiny, tmp_path):
+    result = main_py("--config-file", DEMO, *tiny, "model.name", "resnet50_bnneck", "loss.name", "triplet",
+                     "data.save_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Building triplet engine" in result.stdout and "loss_t" in result.stdout and "loss_cri" not in result.stdout
+    assert "mAP:" in result.stdout
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["train.max_epochs", "3"], "unknown config key train.max_epochs"),
+    (["train.max_epoch", "three"], "config key train.max_epoch: expected int"),
+])
+def test_config_errors_exit_nonzero_and_name_the_key(opts, message):
+    result = main_py("--config-file", DEMO, *opts)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_market1501_fails_fast_with_instructions(tmp_path):
+    start = time.monotonic()
+    result = main_py("--config-file", os.path.join(REPO, "configs", "scal_market.yaml"), "data.root", str(tmp_path),
+                     "data.save_dir", str(tmp_path / "log"), "model.pretrained", "False")
+    assert time.monotonic() - start < 60
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+    assert os.path.join(str(tmp_path), "market1501") in result.stderr
+    assert "Market-1501-v15.09.15/{bounding_box_train,bounding_box_test,query}" in result.stderr
+    assert not os.path.exists(tmp_path / "market1501")  # nothing half-made left behind

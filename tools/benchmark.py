@@ -1,0 +1,173 @@
+"""Speed and memory of SCAL against the like-for-like baseline (resnet50_bnneck) and torchreid's resnet50.
+
+    python tools/benchmark.py --device cpu --batch-size 16 --num-instances 4 --height 256 --width 128 \\
+        --steps 5 [--amp] [--channels-last] [--json bench.json]
+
+In one process and on one batch: the training-step time of each model in its engine (torchreid's
+``ImageTripletEngine`` for resnet50 and resnet50_bnneck, ``ImageSCALEngine`` for the SCAL variants) and the
+eval-mode feature-extraction throughput, each after warm-up steps, as median and spread over ``--steps``.
+Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the process's peak RSS, which is a
+process-wide high-water mark, so each model's is measured in a fresh child process doing the same steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+from typing import Callable, Dict, List
+
+import torch
+import torchvision
+
+import torchreid_scal
+from torchreid_scal import _torchreid
+from torchreid_scal.engine import ImageSCALEngine, ImageTripletEngine
+from torchreid_scal.models import create_model
+
+MODELS = ("resnet50", "resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal_spatial")
+REFERENCES = ("resnet50_bnneck", "resnet50")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-instances", type=int, default=4)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="measured repetitions (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--json", default="", help="write the figures to this file")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.batch_size % args.num_instances:
+        parser.error(f"--batch-size {args.batch_size} must be a multiple of --num-instances {args.num_instances}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    return args
+
+
+def make_batch(args) -> Dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    pids = torch.arange(args.batch_size // args.num_instances).repeat_interleave(args.num_instances)
+    return {"img": torch.randn(args.batch_size, 3, args.height, args.width, generator=generator), "pid": pids}
+
+
+def build_engine(name: str, args, num_classes: int):
+    """The model on its device, its optimizer, and the engine it trains in."""
+    device = torch.device(args.device)
+    if name == "resnet50":
+        model = _torchreid.models.build_model("resnet50", num_classes, loss="triplet", pretrained=False)
+    else:
+        model = create_model(name, num_classes, loss="triplet", pretrained=False, height=args.height, width=args.width)
+    model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    optimizer = _torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4)
+    datamanager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=num_classes, sources=["bench"])
+    common = dict(use_gpu=device.type == "cuda", amp=args.amp, test_amp=args.amp, channels_last=args.channels_last)
+    if name.startswith("resnet50_scal"):
+        return ImageSCALEngine(datamanager, model, optimizer, **common)
+    return ImageTripletEngine(datamanager, model, optimizer, **common)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], None], steps: int, warmup: int, device: str) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(name: str, args, data) -> Dict[str, object]:
+    engine = build_engine(name, args, num_classes=int(data["pid"].max()) + 1)
+    engine.set_model_mode("train")
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    train = timed(lambda: engine.forward_backward(data), args.steps, args.warmup, args.device)
+    engine.set_model_mode("eval")
+    imgs = data["img"].to(args.device)
+    extract = timed(lambda: engine.extract_features(imgs), args.steps, args.warmup, args.device)
+    result = {"train_step_s": train, "extract_s": extract}
+    if args.device == "cuda":
+        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def child_peak_rss_mb(name: str, argv: List[str]) -> float:
+    """Peak RSS of a fresh process that runs this model's training and extraction steps."""
+    out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", name], check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def spread(values: List[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}"
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    data = make_batch(args)
+    if args.memory_of:
+        measure(args.memory_of, args, data)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return
+    raw = {name: measure(name, args, data) for name in args.models}
+    if args.device == "cpu":
+        child_argv = [a for a in argv if not a.startswith("--json")]
+        child_argv = [a for i, a in enumerate(child_argv) if i == 0 or child_argv[i - 1] != "--json"]
+        for name in args.models:
+            raw[name]["peak_mem_mb"] = child_peak_rss_mb(name, child_argv)
+    figures = {
+        "train_step_s": {n: statistics.median(r["train_step_s"]) for n, r in raw.items()},
+        "extract_images_per_s": {n: args.batch_size / statistics.median(r["extract_s"]) for n, r in raw.items()},
+        "peak_mem_mb": {n: r["peak_mem_mb"] for n, r in raw.items()},
+    }
+    report = dict(figures, raw=raw, settings=vars(args), versions={
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "torchreid": _torchreid.VERSION,
+        "torchreid_layout": _torchreid.LAYOUT, "torchreid_scal": torchreid_scal.__version__,
+        "python": platform.python_version(), "threads": torch.get_num_threads(),
+    })
+    print(f"device {args.device}, batch {args.batch_size} ({args.batch_size // args.num_instances}x{args.num_instances}), "
+          f"{args.height}x{args.width}, amp {args.amp}, channels_last {args.channels_last}, "
+          f"{args.steps} steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
+    header = f"{'model':<24}{'step s (median, range)':>26}{'img/s':>9}{'peak MB':>9}"
+    for ref in REFERENCES:
+        if ref in raw:
+            header += f"{'step/' + ref[:11]:>18}{'time/img/' + ref[:11]:>22}{'mem/' + ref[:11]:>17}"
+    print(header)
+    for name in raw:
+        step, ips, mem = (figures[k][name] for k in ("train_step_s", "extract_images_per_s", "peak_mem_mb"))
+        line = f"{name:<24}{step:>9.3f} ({spread(raw[name]['train_step_s']):>13}){ips:>9.1f}{mem:>9.0f}"
+        for ref in REFERENCES:
+            if ref in raw:
+                line += (f"{step / figures['train_step_s'][ref]:>18.3f}"
+                         f"{figures['extract_images_per_s'][ref] / ips:>22.3f}"
+                         f"{mem / figures['peak_mem_mb'][ref]:>17.3f}")
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""The yacs configuration: every key of upstream torchreid's ``scripts/default_config.py`` (so a torchreid
+user's YAML works unchanged) plus this package's keys; merging that names the key on any bad input.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key (or file) and what to do."""
+
+
+def get_default_config() -> CN:
+    """Upstream torchreid's defaults, then this package's additions (marked below)."""
+    cfg = CN()
+    cfg.use_gpu = True  # used only where CUDA is available
+
+    cfg.model = CN()
+    cfg.model.name = "resnet50"
+    cfg.model.pretrained = True
+    cfg.model.load_weights = ""
+    cfg.model.resume = ""
+    cfg.model.last_stride = 1  # SCAL: ResNet-50's last stride for the resnet50_scal family
+    cfg.model.pretrained_path = ""  # SCAL: local ImageNet ResNet-50 file ('' = torch hub cache)
+    cfg.model.channels_last = False  # SCAL plugin: channels-last memory format for training and evaluation
+
+    cfg.data = CN()
+    cfg.data.type = "image"
+    cfg.data.root = "reid-data"
+    cfg.data.sources = ["market1501"]
+    cfg.data.targets = ["market1501"]
+    cfg.data.workers = 4
+    cfg.data.split_id = 0
+    cfg.data.height = 256
+    cfg.data.width = 128
+    cfg.data.combineall = False
+    cfg.data.transforms = ["random_flip"]
+    cfg.data.k_tfm = 1
+    cfg.data.norm_mean = [0.485, 0.456, 0.406]
+    cfg.data.norm_std = [0.229, 0.224, 0.225]
+    cfg.data.save_dir = "log"
+    cfg.data.load_train_targets = False
+
+    cfg.market1501 = CN()
+    cfg.market1501.use_500k_distractors = False
+    cfg.cuhk03 = CN()
+    cfg.cuhk03.labeled_images = False
+    cfg.cuhk03.classic_split = False
+    cfg.cuhk03.use_metric_cuhk03 = False
+
+    cfg.sampler = CN()
+    cfg.sampler.train_sampler = "RandomSampler"
+    cfg.sampler.train_sampler_t = "RandomSampler"
+    cfg.sampler.num_instances = 4
+    cfg.sampler.num_cams = 1
+    cfg.sampler.num_datasets = 1
+
+    cfg.video = CN()
+    cfg.video.seq_len = 15
+    cfg.video.sample_method = "evenly"
+    cfg.video.pooling_method = "avg"
+
+    cfg.train = CN()
+    cfg.train.optim = "adam"
+    cfg.train.lr = 0.0003
+    cfg.train.weight_decay = 5e-4
+    cfg.train.max_epoch = 60
+    cfg.train.start_epoch = 0
+    cfg.train.batch_size = 32
+    cfg.train.fixbase_epoch = 0
+    cfg.train.open_layers = ["classifier"]
+    cfg.train.staged_lr = False
+    cfg.train.new_layers = ["classifier"]
+    cfg.train.base_lr_mult = 0.1
+    cfg.train.lr_scheduler = "single_step"
+    cfg.train.stepsize = [20]
+    cfg.train.gamma = 0.1
+    cfg.train.print_freq = 20
+    cfg.train.seed = 1
+    cfg.train.warmup_epochs = 10  # SCAL: linear warm-up length (0 = none)
+    cfg.train.warmup_factor = 0.01  # SCAL: learning-rate factor at the first warm-up epoch
+    cfg.train.amp = False  # SCAL plugin: mixed precision (bf16 on CPU and recent GPUs, else fp16 + loss scaling)
+
+    cfg.sgd = CN()
+    cfg.sgd.momentum = 0.9
+    cfg.sgd.dampening = 0.0
+    cfg.sgd.nesterov = False
+    cfg.rmsprop = CN()
+    cfg.rmsprop.alpha = 0.99
+    cfg.adam = CN()
+    cfg.adam.beta1 = 0.9
+    cfg.adam.beta2 = 0.999
+
+    cfg.loss = CN()
+    cfg.loss.name = "softmax"  # softmax | triplet | scal (SCAL)
+    cfg.loss.softmax = CN()
+    cfg.loss.softmax.label_smooth = True
+    cfg.loss.triplet = CN()
+    cfg.loss.triplet.margin = 0.3
+    cfg.loss.triplet.weight_t = 1.0
+    cfg.loss.triplet.weight_x = 0.0
+
+    cfg.test = CN()
+    cfg.test.batch_size = 100
+    cfg.test.dist_metric = "euclidean"
+    cfg.test.normalize_feature = False
+    cfg.test.ranks = [1, 5, 10, 20]
+    cfg.test.evaluate = False
+    cfg.test.eval_freq = -1
+    cfg.test.start_eval = 0
+    cfg.test.rerank = False
+    cfg.test.visrank = False
+    cfg.test.visrank_topk = 10
+    cfg.test.feature = "bn"  # SCAL: retrieval feature of the resnet50_scal family, bn | pool
+    cfg.test.amp = False  # SCAL plugin: mixed precision for feature extraction
+
+    cfg.scal = CN()  # SCAL: the method's own settings (the attention kind is chosen by model.name)
+    cfg.scal.reduction = 16
+    cfg.scal.agent_bias_init = 0.0
+    cfg.scal.critic_weight = 1.0
+    cfg.scal.critic_optim = "adam"
+    cfg.scal.critic_lr = 1e-4
+    cfg.scal.critic_warmup_epochs = 0
+    cfg.scal.critic_stages = [0, 1, 2, 3, 4]
+    return cfg
+
+
+def _decode(text: str) -> Any:
+    """A command-line value as yacs reads it: a Python literal when it parses as one, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(key: str, default: Any, value: Any) -> Any:
+    """``value`` converted to the type of ``default``, or a ConfigError naming ``key``."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not default:
+            return items
+        try:
+            return [_coerce(key, default[0], item) for item in items]
+        except ConfigError:
+            pass
+    raise ConfigError(f"config key {key}: expected {type(default).__name__}"
+                      + (f" of {type(default[0]).__name__}" if isinstance(default, (list, tuple)) and default else "")
+                      + f" like {default!r}, got {_describe(value)}")
+
+
+def _merge(cfg: CN, data: Mapping, prefix: str = "") -> None:
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if not isinstance(name, str) or name not in cfg:
+            close = difflib.get_close_matches(str(name), [k for k in cfg if isinstance(k, str)], n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {key}{hint}")
+        if isinstance(cfg[name], CN):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {key} is a section: give its keys (e.g. {key}.{next(iter(cfg[name]))}), "
+                                  f"not {_describe(value)}")
+            _merge(cfg[name], value, key + ".")
+        else:
+            cfg[name] = _coerce(key, cfg[name], value)
+
+
+def _nest(key: str, value: Any) -> Dict[str, Any]:
+    node: Any = value
+    for part in reversed(key.split(".")):
+        node = {part: node}
+    return node
+
+
+def load_config(config_file: str = "", opts: Sequence[str] = (), base: Optional[CN] = None) -> CN:
+    """Defaults, then ``config_file`` (YAML), then ``opts`` (``KEY VALUE`` pairs); validated and frozen."""
+    cfg = (base or get_default_config()).clone()
+    if config_file:
+        try:
+            with open(config_file) as f:
+                data = yaml.safe_load(f)
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {config_file}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {err}") from err
+        if data is not None:
+            if not isinstance(data, Mapping):
+                raise ConfigError(f"config file {config_file} must hold a mapping of sections, got {_describe(data)}")
+            try:
+                _merge(cfg, data)
+            except ConfigError as err:
+                raise ConfigError(f"{config_file}: {err}") from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"command-line overrides come in KEY VALUE pairs; {opts[-1]!r} has no value")
+    for key, text in zip(opts[::2], opts[1::2]):
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"malformed config key {key!r}: expected dotted names such as train.lr")
+        _merge(cfg, _nest(key, _decode(text)))
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def _choice(key: str, value: Any, choices: Iterable) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"config key {key}: {value!r} is not one of {choices}")
+
+
+def _positive(cfg: CN, *keys: str, allow_zero: bool = False) -> None:
+    for key in keys:
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"config key {key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(cfg: CN) -> None:
+    """Values that have the right type but cannot work, caught before any data is loaded."""
+    from . import _torchreid
+
+    _choice("data.type", cfg.data.type, ["image"])
+    _choice("loss.name", cfg.loss.name, ["softmax", "triplet", "scal"])
+    _choice("test.feature", cfg.test.feature, ["bn", "pool"])
+    _choice("test.dist_metric", cfg.test.dist_metric, ["euclidean", "cosine"])
+    _choice("model.last_stride", cfg.model.last_stride, [1, 2])
+    _choice("train.optim", cfg.train.optim, _torchreid.optim.optimizer.AVAI_OPTIMS)
+    _choice("scal.critic_optim", cfg.scal.critic_optim, _torchreid.optim.optimizer.AVAI_OPTIMS)
+    _choice("train.lr_scheduler", cfg.train.lr_scheduler, _torchreid.optim.lr_scheduler.AVAI_SCH)
+    _choice("sampler.train_sampler", cfg.sampler.train_sampler, _torchreid.data.sampler.AVAI_SAMPLERS)
+    _positive(cfg, "train.batch_size", "test.batch_size", "sampler.num_instances", "data.height", "data.width",
+              "train.lr", "scal.reduction", "scal.critic_lr", "train.print_freq")
+    _positive(cfg, "train.max_epoch", "train.start_epoch", "train.warmup_epochs", "scal.critic_warmup_epochs",
+              "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
+              "loss.triplet.weight_x", "train.fixbase_epoch", allow_zero=True)
+    if not 0 < cfg.train.warmup_factor <= 1:
+        raise ConfigError(f"config key train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
+    if not cfg.data.sources:
+        raise ConfigError("config key data.sources is empty: name at least one dataset, e.g. ['market1501']")
+    if cfg.sampler.train_sampler == "RandomIdentitySampler" and cfg.train.batch_size % cfg.sampler.num_instances:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) must be a multiple of sampler.num_instances "
+            f"({cfg.sampler.num_instances}) for RandomIdentitySampler: each batch is P identities x K images"
+        )
+    if cfg.loss.name in ("triplet", "scal") and cfg.loss.triplet.weight_t + cfg.loss.triplet.weight_x <= 0:
+        raise ConfigError("loss.triplet.weight_t and loss.triplet.weight_x are both 0: nothing would be trained")
+    if cfg.loss.name == "scal":
+        if not cfg.model.name.startswith("resnet50_scal"):
+            raise ConfigError(f"loss.name scal needs an attention model (resnet50_scal, resnet50_scal_channel, "
+                              f"resnet50_scal_spatial); model.name is {cfg.model.name!r}")
+        bad = [k for k in cfg.scal.critic_stages if not 0 <= k <= 4]
+        if bad or not cfg.scal.critic_stages:
+            raise ConfigError(f"config key scal.critic_stages must be a non-empty subset of [0, 1, 2, 3, 4], "
+                              f"got {list(cfg.scal.critic_stages)}")
+    if len(cfg.data.norm_mean) != 3 or len(cfg.data.norm_std) != 3 or min(cfg.data.norm_std) <= 0:
+        raise ConfigError("config keys data.norm_mean and data.norm_std need three values each (std > 0)")
+
+
+def imagedata_kwargs(cfg: CN, use_gpu: bool) -> Dict[str, Any]:
+    """Keyword arguments of torchreid's ``ImageDataManager``."""
+    return dict(
+        root=cfg.data.root, sources=list(cfg.data.sources), targets=list(cfg.data.targets), height=cfg.data.height,
+        width=cfg.data.width, transforms=list(cfg.data.transforms), k_tfm=cfg.data.k_tfm,
+        norm_mean=list(cfg.data.norm_mean), norm_std=list(cfg.data.norm_std), use_gpu=use_gpu,
+        split_id=cfg.data.split_id, combineall=cfg.data.combineall, load_train_targets=cfg.data.load_train_targets,
+        batch_size_train=cfg.train.batch_size, batch_size_test=cfg.test.batch_size, workers=cfg.data.workers,
+        num_instances=cfg.sampler.num_instances, num_cams=cfg.sampler.num_cams,
+        num_datasets=cfg.sampler.num_datasets, train_sampler=cfg.sampler.train_sampler,
+        train_sampler_t=cfg.sampler.train_sampler_t, cuhk03_labeled=cfg.cuhk03.labeled_images,
+        cuhk03_classic_split=cfg.cuhk03.classic_split, market1501_500k=cfg.market1501.use_500k_distractors,
+    )
+
+
+def optimizer_kwargs(cfg: CN) -> Dict[str, Any]:
+    """Keyword arguments of torchreid's ``build_optimizer``."""
+    return dict(
+        optim=cfg.train.optim, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, momentum=cfg.sgd.momentum,
+        sgd_dampening=cfg.sgd.dampening, sgd_nesterov=cfg.sgd.nesterov, rmsprop_alpha=cfg.rmsprop.alpha,
+        adam_beta1=cfg.adam.beta1, adam_beta2=cfg.adam.beta2, staged_lr=cfg.train.staged_lr,
+        new_layers=list(cfg.train.new_layers), base_lr_mult=cfg.train.base_lr_mult,
+    )
+
+
+def lr_scheduler_kwargs(cfg: CN) -> Dict[str, Any]:
+    """Keyword arguments of torchreid's ``build_lr_scheduler`` (single_step takes the last step size)."""
+    stepsize: Any = list(cfg.train.stepsize)
+    if cfg.train.lr_scheduler == "single_step":
+        stepsize = stepsize[-1]
+    return dict(lr_scheduler=cfg.train.lr_scheduler, stepsize=stepsize, gamma=cfg.train.gamma,
+                max_epoch=cfg.train.max_epoch)
+
+
+def model_kwargs(cfg: CN) -> Dict[str, Any]:
+    """Keyword arguments of this package's factories, from the configured values."""
+    return dict(height=cfg.data.height, width=cfg.data.width, last_stride=cfg.model.last_stride,
+                reduction=cfg.scal.reduction, agent_bias_init=cfg.scal.agent_bias_init, feature=cfg.test.feature,
+                pretrained_path=cfg.model.pretrained_path)
+
+
+def engine_run_kwargs(cfg: CN) -> Dict[str, Any]:
+    """Keyword arguments of torchreid's ``Engine.run``."""
+    return dict(
+        save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch, start_epoch=cfg.train.start_epoch,
+        fixbase_epoch=cfg.train.fixbase_epoch, open_layers=list(cfg.train.open_layers),
+        start_eval=cfg.test.start_eval, eval_freq=cfg.test.eval_freq, test_only=cfg.test.evaluate,
+        print_freq=cfg.train.print_freq, dist_metric=cfg.test.dist_metric,
+        normalize_feature=cfg.test.normalize_feature, visrank=cfg.test.visrank,
+        visrank_topk=cfg.test.visrank_topk, use_metric_cuhk03=cfg.cuhk03.use_metric_cuhk03,
+        ranks=list(cfg.test.ranks), rerank=cfg.test.rerank,
+    )

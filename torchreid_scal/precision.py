@@ -1,0 +1,44 @@
+"""Mixed precision for one device: the autocast dtype and, for float16, gradient scaling."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Dict, Sequence
+
+import torch
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on the CPU and on GPUs that support it (no loss scaling needed), else float16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+class Precision:
+    """``autocast()`` for the forward passes and ``backward_step`` for the update, with a GradScaler exactly
+    when the dtype is float16. Disabled, both are plain float32 training."""
+
+    def __init__(self, device: torch.device, enabled: bool = False) -> None:
+        self.device_type = device.type
+        self.enabled = enabled
+        self.dtype = amp_dtype(device) if enabled else torch.float32
+        self.scaler = torch.amp.GradScaler(device.type, enabled=enabled and self.dtype == torch.float16)
+
+    def autocast(self) -> ContextManager:
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward_step(self, loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """Backward (scaled for float16) and one step of every optimizer."""
+        self.scaler.scale(loss).backward()
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state:
+            self.scaler.load_state_dict(state)

@@ -1,0 +1,147 @@
+"""The job ``tools/main.py`` runs: build torchreid's pieces and this package's from a config, then train
+and/or evaluate. Every builder is a function here so that tests reach all of it."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from typing import Optional, TextIO
+
+import torch
+import torchvision
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from . import __version__, _torchreid
+from .checkpoint import load_weights
+from .config import engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs, optimizer_kwargs
+from .datasets import check_available
+from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
+from .models import MODEL_FACTORIES, StageCritics
+
+
+def select_device(cfg: CN) -> torch.device:
+    """CUDA when the config allows it (``use_gpu``) and a GPU is there, else the CPU."""
+    return torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def build_datamanager(cfg: CN, device: torch.device):
+    """torchreid's ``ImageDataManager``, after checking that every dataset is where torchreid will look."""
+    check_available(cfg.data.root, list(cfg.data.sources) + list(cfg.data.targets))
+    return _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
+
+
+def build_model(cfg: CN, num_classes: int) -> nn.Module:
+    """This package's models through their registered factory with the configured keywords; any other
+    name through torchreid's ``build_model``."""
+    loss = "softmax" if cfg.loss.name == "softmax" else "triplet"
+    if cfg.model.name in MODEL_FACTORIES:
+        return MODEL_FACTORIES[cfg.model.name](num_classes, loss=loss, pretrained=cfg.model.pretrained, **model_kwargs(cfg))
+    return _torchreid.models.build_model(cfg.model.name, num_classes, loss=loss, pretrained=cfg.model.pretrained)
+
+
+def build_scheduler(cfg: CN, optimizer: torch.optim.Optimizer, warmup: bool = True):
+    """torchreid's scheduler, preceded by a linear warm-up (PyTorch's ``LinearLR``) over ``train.warmup_epochs``.
+
+    ``ChainedScheduler`` multiplies the two, so step milestones stay absolute epochs (40 means epoch 40).
+    """
+    scheduler = _torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
+    if not warmup or cfg.train.warmup_epochs == 0:
+        return scheduler
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=cfg.train.warmup_factor,
+                                             total_iters=cfg.train.warmup_epochs)
+    return torch.optim.lr_scheduler.ChainedScheduler([warm, scheduler])
+
+
+def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, device: torch.device):
+    """The engine chosen by ``loss.name``: torchreid's softmax and triplet engines, or ``ImageSCALEngine``."""
+    common = dict(scheduler=scheduler, use_gpu=device.type == "cuda", label_smooth=cfg.loss.softmax.label_smooth,
+                  amp=cfg.train.amp, test_amp=cfg.test.amp, channels_last=cfg.model.channels_last)
+    if cfg.loss.name == "softmax":
+        return ImageSoftmaxEngine(datamanager, model, optimizer, **common)
+    triplet = dict(common, margin=cfg.loss.triplet.margin, weight_t=cfg.loss.triplet.weight_t,
+                   weight_x=cfg.loss.triplet.weight_x)
+    if cfg.loss.name == "triplet":
+        return ImageTripletEngine(datamanager, model, optimizer, **triplet)
+    net = getattr(model, "module", model)
+    critics = StageCritics(net.attention, net.stage_channels, list(cfg.scal.critic_stages)).to(device)
+    critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=cfg.scal.critic_optim, lr=cfg.scal.critic_lr,
+                                                        weight_decay=0.0)
+    return ImageSCALEngine(
+        datamanager, model, optimizer, **triplet, critic_weight=cfg.scal.critic_weight, critics=critics,
+        critic_optimizer=critic_optimizer, critic_scheduler=build_scheduler(cfg, critic_optimizer, warmup=False),
+        critic_warmup_epochs=cfg.scal.critic_warmup_epochs,
+    )
+
+
+class _Tee:
+    """Writes to the console stream and to the run's log file."""
+
+    def __init__(self, console: TextIO, log: TextIO) -> None:
+        self.console, self.log = console, log
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def describe_environment(device: torch.device) -> str:
+    """Versions and device, printed at the start of every run."""
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    return (f"torch {torch.__version__}, torchvision {torchvision.__version__}, torchreid {_torchreid.VERSION} "
+            f"({_torchreid.LAYOUT} layout), torchreid_scal {__version__}; device {device}{gpu}")
+
+
+def run(cfg: CN, log_file: Optional[str] = None) -> None:
+    """Train and evaluate (or only evaluate, with ``test.evaluate``) as configured; everything printed also
+    goes to ``data.save_dir/<train|test>.log-<time>``, TensorBoard events and checkpoints to ``data.save_dir``."""
+    os.makedirs(cfg.data.save_dir, exist_ok=True)
+    name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
+    log_file = log_file or os.path.join(cfg.data.save_dir, name)
+    stdout, stderr = sys.stdout, sys.stderr
+    with open(log_file, "a") as log:
+        sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
+        try:
+            _run(cfg)
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+
+
+def _run(cfg: CN) -> None:
+    _torchreid.utils.set_random_seed(cfg.train.seed)
+    device = select_device(cfg)
+    print(f"Show configuration\n{cfg.dump()}")
+    print(describe_environment(device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    datamanager = build_datamanager(cfg, device)
+    print(f"Building model: {cfg.model.name}")
+    model = build_model(cfg, datamanager.num_train_pids)
+    params, flops = _torchreid.utils.compute_model_complexity(model, (1, 3, cfg.data.height, cfg.data.width))
+    print(f"Model complexity: params={params:,} flops={flops:,}")
+    if cfg.model.load_weights:
+        load_weights(model, cfg.model.load_weights)
+    elif cfg.test.evaluate:
+        warnings.warn("test.evaluate is set but model.load_weights is empty: evaluating the model as initialised")
+    model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        model = nn.DataParallel(model)
+
+    optimizer = _torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
+    scheduler = build_scheduler(cfg, optimizer)
+    print(f"Building {cfg.loss.name} engine")
+    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, device)
+    run_kwargs = engine_run_kwargs(cfg)
+    if cfg.model.resume:
+        run_kwargs["start_epoch"] = engine.resume(cfg.model.resume)
+    engine.run(**run_kwargs)
