@@ -1,6 +1,7 @@
 """ImageSCALEngine: gradient routing on real parameter changes, the no-attention pass, a critic that learns."""
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 import torchreid_scal.engine as engine_module
 from conftest import HEIGHT, NUM_CLASSES, WIDTH
+from torchreid_scal.checkpoint import NonFiniteError, latest_checkpoint
 from torchreid_scal.engine import ImageSCALEngine
 from torchreid_scal.models import create_model
 from torchreid_scal.rewards import Rewards
@@ -189,3 +191,23 @@ def test_mixed_precision_and_channels_last_step():
 def test_precision_is_plain_float32_when_disabled():
     engine = make_engine()
     assert engine.precision.dtype == torch.float32 and not engine.precision.enabled
+
+
+def test_non_finite_loss_stops_with_step_and_term(tmp_path):
+    engine = make_engine()
+    data = batch()
+    data["img"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"epoch 1, step 1: .*loss_t = nan"):
+        engine.forward_backward(data)
+    with pytest.raises(NonFiniteError, match="refusing to save"):
+        engine.save_model(0, 0.0, str(tmp_path))
+    assert not (tmp_path / "model").exists() or not any((tmp_path / "model").iterdir())
+
+
+def test_keep_last_checkpoints_and_latest_pointer(tmp_path):
+    engine = make_engine(keep_last=2)
+    for epoch in range(4):
+        engine.save_model(epoch, 0.5, str(tmp_path))
+    files = sorted(os.listdir(tmp_path / "model"))
+    assert files == ["latest", "model.pth.tar-3", "model.pth.tar-4"]
+    assert latest_checkpoint(str(tmp_path)).endswith("model.pth.tar-4")

@@ -111,10 +111,13 @@ def measure(name: str, args, data) -> Dict[str, object]:
     return result
 
 
-def child_peak_rss_mb(name: str, argv: List[str]) -> float:
+def child_peak_rss_mb(name: str, args) -> float:
     """Peak RSS of a fresh process that runs this model's training and extraction steps."""
-    out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", name], check=True, capture_output=True,
-                         text=True).stdout
+    argv = ["--device", args.device, "--batch-size", str(args.batch_size), "--num-instances", str(args.num_instances),
+            "--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--memory-of", name]
+    argv += ["--amp"] * args.amp + ["--channels-last"] * args.channels_last
+    out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -123,7 +126,6 @@ def spread(values: List[float]) -> str:
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     torch.manual_seed(0)
     data = make_batch(args)
@@ -133,10 +135,8 @@ def main(argv=None) -> None:
         return
     raw = {name: measure(name, args, data) for name in args.models}
     if args.device == "cpu":
-        child_argv = [a for a in argv if not a.startswith("--json")]
-        child_argv = [a for i, a in enumerate(child_argv) if i == 0 or child_argv[i - 1] != "--json"]
         for name in args.models:
-            raw[name]["peak_mem_mb"] = child_peak_rss_mb(name, child_argv)
+            raw[name]["peak_mem_mb"] = child_peak_rss_mb(name, args)
     figures = {
         "train_step_s": {n: statistics.median(r["train_step_s"]) for n, r in raw.items()},
         "extract_images_per_s": {n: args.batch_size / statistics.median(r["extract_s"]) for n, r in raw.items()},

@@ -3,15 +3,19 @@
     python tools/main.py --config-file configs/scal_market.yaml [KEY VALUE ...]
 
 Trailing ``KEY VALUE`` pairs override the file (e.g. ``train.max_epoch 5 data.root /data``), as in
-torchreid's own scripts. Configuration errors exit with status 2 and name the key.
+torchreid's own scripts. Errors exit with a message naming the culprit and a status: 2 configuration,
+3 data, 4 non-finite loss, 5 checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from yacs.config import CfgNode as CN
+
 from torchreid_scal.config import ConfigError, load_config
-from torchreid_scal.datasets import DatasetNotFoundError
+from torchreid_scal.checkpoint import CheckpointError, NonFiniteError
+from torchreid_scal.datasets import DataError
 from torchreid_scal.runner import run
 
 
@@ -26,23 +30,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def configure(argv=None) -> CN:
+    """The config that the command line describes (ConfigError when it cannot be built)."""
     args = parse_args(argv)
     opts = []
     for key, value in (("data.sources", args.sources), ("data.targets", args.targets),
                        ("data.transforms", args.transforms), ("data.root", args.root)):
         if value:
             opts += [key, repr(value)]
+    return load_config(args.config_file, opts + list(args.opts))
+
+
+def main(argv=None) -> int:
     try:
-        cfg = load_config(args.config_file, opts + list(args.opts))
+        cfg = configure(argv)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     try:
         run(cfg)
-    except DatasetNotFoundError as err:
+    except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 3
+    except NonFiniteError as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 4
+    except CheckpointError as err:
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        return 5
     return 0
 
 

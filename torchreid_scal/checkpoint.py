@@ -7,12 +7,21 @@ needs anything else to load is refused rather than executed.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the file and the reason."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No file at the given checkpoint path."""
 
 
 def to_plain(value: Any) -> Any:
@@ -58,41 +67,88 @@ def save_checkpoint(state: Mapping[str, Any], path: str) -> str:
 def load_checkpoint(path: str, map_location: Optional[str] = "cpu") -> Dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; the error names the file and what went wrong."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise RuntimeError(
+        raise CheckpointError(
             f"refusing to load {path}: it is not a checkpoint that loads with weights_only=True "
             f"(tensors and plain containers only). {type(err).__name__}: {str(err).splitlines()[0]}"
         ) from err
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dictionary")
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dictionary")
     return state
 
 
-def state_dict_of(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+def state_dict_of(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> Dict[str, torch.Tensor]:
     """The model weights inside a torchreid-style checkpoint (``{'state_dict': ...}``) or a bare state dict."""
     state = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("checkpoint holds no state dict of tensors")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source} holds no state dict of tensors (expected {{'state_dict': {{name: tensor}}}})")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def load_weights(model: nn.Module, path: str) -> Dict[str, list]:
     """Load matching weights from ``path`` into ``model``; keys whose name or shape differ (e.g. a
     classifier trained for another number of identities) are skipped and reported."""
-    state = state_dict_of(load_checkpoint(path))
+    state = state_dict_of(load_checkpoint(path), source=path)
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(state) - set(matched))
     if not matched:
-        raise ValueError(f"no weight in {path} matches this model; was it trained for another architecture?")
+        raise CheckpointError(f"no weight in {path} matches this model; was it trained for another architecture?")
     model.load_state_dict(matched, strict=False)
     missing = sorted(set(own) - set(matched))
     print(f"Loaded {len(matched)} tensors from {path}" + (f"; skipped (name or shape differs): {skipped}" if skipped else "")
           + (f"; not in file: {missing}" if missing else ""))
     return {"loaded": sorted(matched), "skipped": skipped, "missing": missing}
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every random generator training draws from (Python, NumPy, torch CPU and CUDA), in plain types."""
+    state: Dict[str, Any] = {"python": random.getstate(), "numpy": list(np.random.get_state()),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (as read back from a checkpoint)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+CHECKPOINT_PREFIX = "model.pth.tar-"
+LATEST = "latest"
+
+
+def latest_checkpoint(save_dir: str) -> Optional[str]:
+    """The checkpoint named by ``save_dir/model/latest``, or None when there is none."""
+    pointer = os.path.join(save_dir, "model", LATEST)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        path = os.path.join(save_dir, "model", f.read().strip())
+    return path if os.path.isfile(path) else None
+
+
+def _write_text_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or infinite value; the message names where."""
 
 
 def _entry(model: nn.Module, optimizer, scheduler) -> Dict[str, Any]:
@@ -108,34 +164,68 @@ class SafeCheckpointing:
     NumPy ``rank1`` that torch >= 2.6 refuses to load.
 
     One file per epoch at torchreid's path ``save_dir/model/model.pth.tar-<epoch>`` holds the model in
-    torchreid's format (so ``FeatureExtractor`` and ``load_pretrained_weights`` read it) and every other
-    registered model (e.g. ``critic``) under its name, so model and critics can never get out of step.
+    torchreid's format (so ``FeatureExtractor`` and ``load_pretrained_weights`` read it), every other
+    registered model (e.g. ``critic``) under its name, the random generators' states and the AMP scaler,
+    so that resuming continues exactly. Files are written atomically, then ``save_dir/model/latest`` names
+    the newest; only the last ``keep_last`` are kept (0 keeps all). Non-finite weights are never written.
     """
 
+    keep_last: int = 0
+
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> str:
-        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1)}
+        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state()}
+        precision = getattr(self, "precision", None)
+        if precision is not None:
+            state["amp_scaler"] = precision.state_dict()
         for name in self.get_model_names():
-            entry = _entry(self._models[name], self._optims[name], self._scheds[name])
+            model = self._models[name]
+            bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                raise NonFiniteError(f"refusing to save epoch {epoch + 1}: {name} has non-finite values in {bad[:5]}")
+            entry = _entry(model, self._optims[name], self._scheds[name])
             if name == "model":
                 state.update(entry)
             else:
                 state[name] = entry
-        path = save_checkpoint(state, os.path.join(save_dir, "model", f"model.pth.tar-{epoch + 1}"))
+        directory = os.path.join(save_dir, "model")
+        path = save_checkpoint(state, os.path.join(directory, f"{CHECKPOINT_PREFIX}{epoch + 1}"))
+        _write_text_atomically(os.path.join(directory, LATEST), os.path.basename(path) + "\n")
+        if self.keep_last > 0:
+            saved = sorted((int(f[len(CHECKPOINT_PREFIX):]), f) for f in os.listdir(directory)
+                           if f.startswith(CHECKPOINT_PREFIX) and f[len(CHECKPOINT_PREFIX):].isdigit())
+            for _, old in saved[:-self.keep_last]:
+                os.remove(os.path.join(directory, old))
         print(f'Checkpoint saved to "{path}"')
         return path
 
-    def resume(self, path: str) -> int:
-        """Restore every registered model, optimizer and scheduler from ``path``; return the next epoch."""
+    def resume(self, path: str, save_dir: str = "") -> int:
+        """Restore models, optimizers, schedulers, AMP scaler and random generators from ``path`` (``'auto'``:
+        the latest checkpoint in ``save_dir``); return the next epoch."""
+        if path == "auto":
+            found = latest_checkpoint(save_dir)
+            if found is None:
+                print(f"model.resume auto: no checkpoint in {save_dir}, starting from epoch 1")
+                return 0
+            path = found
         state = load_checkpoint(path)
         for name in self.get_model_names():
             entry = state if name == "model" else state.get(name)
             if entry is None:
-                raise KeyError(f"{path} has no entry for the registered model {name!r}")
+                raise CheckpointError(f"{path} has no entry for {name!r}: it was not written by this engine")
             model = self._models[name]
-            getattr(model, "module", model).load_state_dict(state_dict_of(entry))
+            try:
+                getattr(model, "module", model).load_state_dict(state_dict_of(entry, source=path))
+            except RuntimeError as err:
+                raise CheckpointError(f"cannot resume {name} from {path}: it was trained with another configuration "
+                                 f"(e.g. number of identities or model). {str(err).splitlines()[0]}") from err
             for obj, key in ((self._optims[name], "optimizer"), (self._scheds[name], "scheduler")):
                 if obj is not None and entry.get(key) is not None:
                     obj.load_state_dict(entry[key])
+        precision = getattr(self, "precision", None)
+        if precision is not None and state.get("amp_scaler"):
+            precision.load_state_dict(state["amp_scaler"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         print(f"Resumed from {path}: next epoch {self.epoch + 1}, last rank-1 {state.get('rank1', float('nan')):.1%}")
         return self.epoch

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
@@ -45,6 +46,7 @@ def get_default_config() -> CN:
     cfg.data.norm_std = [0.229, 0.224, 0.225]
     cfg.data.save_dir = "log"
     cfg.data.load_train_targets = False
+    cfg.data.skip_bad_images = False  # SCAL plugin: drop unreadable images (with a warning) instead of stopping
 
     cfg.market1501 = CN()
     cfg.market1501.use_500k_distractors = False
@@ -85,6 +87,8 @@ def get_default_config() -> CN:
     cfg.train.warmup_epochs = 10  # SCAL: linear warm-up length (0 = none)
     cfg.train.warmup_factor = 0.01  # SCAL: learning-rate factor at the first warm-up epoch
     cfg.train.amp = False  # SCAL plugin: mixed precision (bf16 on CPU and recent GPUs, else fp16 + loss scaling)
+    cfg.train.checkpoint_freq = 1  # SCAL plugin: save a resumable checkpoint every N epochs (0 = only torchreid's)
+    cfg.train.keep_last = 5  # SCAL plugin: keep the newest K checkpoints (0 = all)
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9
@@ -152,6 +156,8 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
             return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"config key {key}: expected a finite number, got {value!r}")
             return float(value)
     elif isinstance(default, str):
         if isinstance(value, str):
@@ -254,7 +260,10 @@ def validate(cfg: CN) -> None:
               "train.lr", "scal.reduction", "scal.critic_lr", "train.print_freq")
     _positive(cfg, "train.max_epoch", "train.start_epoch", "train.warmup_epochs", "scal.critic_warmup_epochs",
               "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
-              "loss.triplet.weight_x", "train.fixbase_epoch", allow_zero=True)
+              "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",
+              allow_zero=True)
+    if any(r < 1 for r in cfg.test.ranks):
+        raise ConfigError(f"config key test.ranks must hold ranks >= 1, got {list(cfg.test.ranks)}")
     if not 0 < cfg.train.warmup_factor <= 1:
         raise ConfigError(f"config key train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
     if not cfg.data.sources:

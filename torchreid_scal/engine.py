@@ -6,15 +6,17 @@ rewards → the four losses, each routed to the parameters it may move → one b
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Dict, NamedTuple, Optional, Sequence
+import math
+import random
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import _torchreid
-from .checkpoint import SafeCheckpointing
-from .critic_metrics import pearson
+from .checkpoint import NonFiniteError, SafeCheckpointing
+from .critic_metrics import critic_summary, pearson
 from .models import StageCritics
 from .precision import Precision
 from .rewards import Rewards, compute_rewards
@@ -27,12 +29,46 @@ class EngineMixin(SafeCheckpointing):
     gallery is smaller than the largest requested rank."""
 
     def __init__(self, *args, amp: bool = False, test_amp: bool = False, channels_last: bool = False,
-                 **kwargs) -> None:
+                 checkpoint_freq: int = 1, keep_last: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.device = torch.device("cuda" if self.use_gpu else "cpu")
         self.precision = Precision(self.device, amp)
         self.test_precision = Precision(self.device, test_amp)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.checkpoint_freq = checkpoint_freq
+        self.keep_last = keep_last
+        self.save_dir = ""
+
+    def run(self, save_dir: str = "log", **kwargs) -> None:
+        self.save_dir = save_dir
+        super().run(save_dir=save_dir, **kwargs)
+
+    def train(self, *args, **kwargs) -> None:
+        """torchreid's epoch, then a checkpoint every ``checkpoint_freq`` epochs (for resuming after a crash)."""
+        super().train(*args, **kwargs)
+        if self.save_dir and self.checkpoint_freq > 0 and (self.epoch + 1) % self.checkpoint_freq == 0:
+            self.save_model(self.epoch, float("nan"), self.save_dir)
+
+    def test(self, *args, **kwargs):
+        """torchreid's evaluation, run on a copy of the random generators: evaluating must not change what
+        the next training epoch draws, or a resumed run would differ from an uninterrupted one."""
+        python, numpy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if self.use_gpu else []):
+            try:
+                return super().test(*args, **kwargs)
+            finally:
+                random.setstate(python)
+                np.random.set_state(numpy)
+
+    def check_finite(self, summary: Dict[str, float]) -> None:
+        """Stop at the first NaN or infinite logged loss, naming the step and the term."""
+        bad = {k: v for k, v in summary.items() if not math.isfinite(v)}
+        if bad:
+            raise NonFiniteError(
+                f"non-finite loss at epoch {self.epoch + 1}, step {getattr(self, 'batch_idx', 0) + 1}: "
+                + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                + "; training stopped (lower train.lr or check the data); no checkpoint of this state was written"
+            )
 
     def _images(self, imgs: torch.Tensor) -> torch.Tensor:
         return imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -47,7 +83,9 @@ class EngineMixin(SafeCheckpointing):
 
     def forward_backward(self, data):
         with self.precision.autocast():
-            return super().forward_backward(data)
+            summary = super().forward_backward(data)
+        self.check_finite(summary)
+        return summary
 
     def extract_features(self, input: torch.Tensor) -> torch.Tensor:
         with self.test_precision.autocast():
@@ -87,7 +125,8 @@ class ImageSCALEngine(ImageTripletEngine):
     Takes the triplet engine's arguments plus the critic's: ``critic_weight`` (``w_c``), its optimizer
     and scheduler (or ``critic_optim``/``critic_lr`` to build an optimizer with torchreid's builder),
     ``critic_warmup_epochs`` (the agents follow the critic from that epoch on) and ``critic_stages``;
-    ``critics`` may be given ready-made (with an optimizer and scheduler built on them).
+    ``critics`` may be given ready-made (with an optimizer and scheduler built on them). ``engine_options``
+    are :class:`EngineMixin`'s (``amp``, ``test_amp``, ``channels_last``, ``checkpoint_freq``, ``keep_last``).
     The critics are registered as ``'critic'``: torchreid switches their mode, steps their scheduler
     each epoch, and they are checkpointed with the model.
     """
@@ -111,13 +150,10 @@ class ImageSCALEngine(ImageTripletEngine):
         critic_warmup_epochs: int = 0,
         critic_stages: Sequence[int] = (0, 1, 2, 3, 4),
         critics: Optional[StageCritics] = None,
-        amp: bool = False,
-        test_amp: bool = False,
-        channels_last: bool = False,
+        **engine_options,
     ) -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t, weight_x=weight_x,
-                         scheduler=scheduler, use_gpu=use_gpu, label_smooth=label_smooth, amp=amp,
-                         test_amp=test_amp, channels_last=channels_last)
+                         scheduler=scheduler, use_gpu=use_gpu, label_smooth=label_smooth, **engine_options)
         net = self.network
         if len(getattr(net, "agents", ())) == 0:
             raise ValueError(
@@ -135,6 +171,7 @@ class ImageSCALEngine(ImageTripletEngine):
         self.critic_weight = critic_weight
         self.critic_warmup_epochs = critic_warmup_epochs
         self.register_model("critic", critics, critic_optimizer, critic_scheduler)
+        self._epoch_record: List[torch.Tensor] = []
 
     @property
     def network(self) -> nn.Module:
@@ -187,7 +224,26 @@ class ImageSCALEngine(ImageTripletEngine):
         with self.precision.autocast():
             losses = self.compute_losses(imgs, pids)
         self.step(losses.model_objective, losses.critic_objective)
-        return self.summarize(losses, pids)
+        self._epoch_record.append(torch.cat([losses.values.detach(), torch.stack(losses.rewards)]))
+        summary = self.summarize(losses, pids)
+        self.check_finite(summary)
+        return summary
+
+    def train(self, *args, **kwargs) -> None:
+        """torchreid's epoch, then the critics' statistics over all of the epoch's images, printed and
+        written to TensorBoard as ``Epoch/<name>``."""
+        self._epoch_record = []
+        super().train(*args, **kwargs)
+        if not self._epoch_record:
+            return
+        record = torch.cat(self._epoch_record, dim=1)
+        values, (reward_c, reward_a, reward) = record[:-3], record[-3:]
+        stats = critic_summary(values, reward, reward_c, reward_a, self.critics.stages)
+        print(f"epoch {self.epoch + 1} critic: " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()
+                                                             if "stage" not in k))
+        if self.writer is not None:
+            for key, value in stats.items():
+                self.writer.add_scalar(f"Epoch/{key}", value, self.epoch + 1)
 
     def summarize(self, losses: SCALLosses, pids: torch.Tensor) -> Dict[str, float]:
         """The logged scalars, fetched from the device in one transfer."""

@@ -16,7 +16,7 @@ from yacs.config import CfgNode as CN
 from . import __version__, _torchreid
 from .checkpoint import load_weights
 from .config import engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs, optimizer_kwargs
-from .datasets import check_available
+from .datasets import DATASETS, check_available, checked_datasets
 from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
 from .models import MODEL_FACTORIES, StageCritics
 
@@ -27,9 +27,15 @@ def select_device(cfg: CN) -> torch.device:
 
 
 def build_datamanager(cfg: CN, device: torch.device):
-    """torchreid's ``ImageDataManager``, after checking that every dataset is where torchreid will look."""
-    check_available(cfg.data.root, list(cfg.data.sources) + list(cfg.data.targets))
-    return _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
+    """torchreid's ``ImageDataManager``, after checking that every dataset is where torchreid will look, and
+    with the checks of :func:`checked_datasets` on the lists it builds."""
+    names = list(cfg.data.sources) + list(cfg.data.targets)
+    check_available(cfg.data.root, names, generated=list(DATASETS))
+    identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
+    with checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
+                          num_instances=cfg.sampler.num_instances if identity_sampling else None,
+                          ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
+        return _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
 
 
 def build_model(cfg: CN, num_classes: int) -> nn.Module:
@@ -57,7 +63,8 @@ def build_scheduler(cfg: CN, optimizer: torch.optim.Optimizer, warmup: bool = Tr
 def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, device: torch.device):
     """The engine chosen by ``loss.name``: torchreid's softmax and triplet engines, or ``ImageSCALEngine``."""
     common = dict(scheduler=scheduler, use_gpu=device.type == "cuda", label_smooth=cfg.loss.softmax.label_smooth,
-                  amp=cfg.train.amp, test_amp=cfg.test.amp, channels_last=cfg.model.channels_last)
+                  amp=cfg.train.amp, test_amp=cfg.test.amp, channels_last=cfg.model.channels_last,
+                  checkpoint_freq=cfg.train.checkpoint_freq, keep_last=cfg.train.keep_last)
     if cfg.loss.name == "softmax":
         return ImageSoftmaxEngine(datamanager, model, optimizer, **common)
     triplet = dict(common, margin=cfg.loss.triplet.margin, weight_t=cfg.loss.triplet.weight_t,
@@ -143,5 +150,5 @@ def _run(cfg: CN) -> None:
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler, device)
     run_kwargs = engine_run_kwargs(cfg)
     if cfg.model.resume:
-        run_kwargs["start_epoch"] = engine.resume(cfg.model.resume)
+        run_kwargs["start_epoch"] = engine.resume(cfg.model.resume, save_dir=cfg.data.save_dir)
     engine.run(**run_kwargs)

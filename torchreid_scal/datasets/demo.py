@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import _torchreid
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 HEIGHT, WIDTH = 128, 64
 _SUPERSAMPLE = 2  # drawn at twice the size, then area-downsampled: cheap anti-aliasing
 MARKER = ".complete"
@@ -100,11 +100,13 @@ def _colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> Colour:
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Clutter: a wall and floor, random rectangles, bars and blobs, and blotchy low-frequency noise."""
     img = np.empty((h, w, 3), np.uint8)
-    img[:] = _colour(rng, 40, 220)
+    wall = np.asarray(_colour(rng, 40, 220))
+    img[:] = wall
     img[int(rng.uniform(0.55, 0.8) * h):] = _colour(rng, 30, 200)
     for _ in range(int(rng.integers(6, 15))):
         (x1, x2), (y1, y2) = rng.integers(-w // 4, w + w // 4, 2), rng.integers(-h // 8, h, 2)
-        kind, colour = int(rng.integers(3)), _colour(rng)
+        kind = int(rng.integers(3))
+        colour = tuple(int(c) for c in (np.asarray(_colour(rng)) + wall) // 2)  # muted towards the wall
         if kind == 0:
             cv2.rectangle(img, (int(x1), int(y1)), (int(x2), int(y2)), colour, -1)
         elif kind == 1:

@@ -1,0 +1,27 @@
+"""tools/benchmark.py runs at a tiny size and reports every figure (a smoke test, not a timing test)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MODELS = {"resnet50", "resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal_spatial"}
+
+
+def test_benchmark_json_has_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--batch-size", "4", "--num-instances", "2",
+         "--height", "64", "--width", "32", "--steps", "2", "--warmup", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for figure in ("train_step_s", "extract_images_per_s", "peak_mem_mb"):
+        assert set(report[figure]) == MODELS
+        assert all(value > 0 for value in report[figure].values())
+    assert report["settings"]["height"] == 64 and report["versions"]["torchreid_layout"] == "pypi"
+    assert all(len(report["raw"][m]["train_step_s"]) == 2 for m in MODELS)
+    assert "resnet50_scal_spatial" in result.stdout and "step/resnet50_bn" in result.stdout

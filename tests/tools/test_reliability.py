@@ -1,0 +1,135 @@
+"""Faults, each tried for real through tools/main.py: a SIGKILL mid-training, bad data, bad checkpoints."""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from torchreid_scal.datasets.demo import SCALDemo
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MAIN = os.path.join(REPO, "tools", "main.py")
+DEMO = os.path.join(REPO, "configs", "scal_demo.yaml")
+TINY = ["data.height", "64", "data.width", "32", "data.workers", "0", "train.warmup_epochs", "0",
+        "train.print_freq", "100", "test.eval_freq", "-1"]
+
+
+def command(root, save_dir, *opts):
+    return [sys.executable, MAIN, "--config-file", DEMO, "data.root", str(root), "data.save_dir", str(save_dir),
+            *TINY, *opts]
+
+
+def main_py(root, save_dir, *opts) -> subprocess.CompletedProcess:
+    return subprocess.run(command(root, save_dir, *opts), capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("template")
+    SCALDemo(root=str(root), verbose=False)
+    return root
+
+
+@pytest.fixture
+def data_root(template, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(template, root)
+    return root
+
+
+def weights(path):
+    state = torch.load(path, weights_only=True)
+    return {**{f"model.{k}": v for k, v in state["state_dict"].items()},
+            **{f"critic.{k}": v for k, v in state["critic"]["state_dict"].items()}}
+
+
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, tmp_path):
+    opts = ["train.max_epoch", "3", "train.seed", "7"]
+    reference = main_py(template, tmp_path / "reference", *opts)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    victim_dir = tmp_path / "victim"
+    victim = subprocess.Popen(command(template, victim_dir, *opts), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = victim_dir / "model" / "latest"
+    deadline = time.monotonic() + 600
+    while not latest.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert latest.read_text().strip() == "model.pth.tar-1", "the kill should land during epoch 2"
+
+    resumed = main_py(template, victim_dir, *opts, "model.resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resumed from" in resumed.stdout and "next epoch 2" in resumed.stdout
+    expected = weights(tmp_path / "reference" / "model" / "model.pth.tar-3")
+    actual = weights(victim_dir / "model" / "model.pth.tar-3")
+    assert expected.keys() == actual.keys()
+    worst = max((expected[k].double() - actual[k].double()).abs().max().item() for k in expected)
+    assert worst <= 1e-6, worst
+
+
+def test_corrupt_image_is_named(data_root, tmp_path):
+    bad = sorted((data_root / "scal_demo" / "bounding_box_train").iterdir())[3]
+    bad.write_bytes(b"not a png at all")
+    result = main_py(data_root, tmp_path / "log", "train.max_epoch", "1")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert f"cannot read image {bad}" in result.stderr and "data.skip_bad_images" in result.stderr
+
+
+def test_corrupt_image_can_be_skipped(data_root, tmp_path):
+    bad = sorted((data_root / "scal_demo" / "query").iterdir())[0]
+    bad.write_bytes(b"\x89PNG truncated")
+    result = main_py(data_root, tmp_path / "log", "train.max_epoch", "1", "data.skip_bad_images", "True")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipping 1 unreadable images" in result.stderr and str(bad) in result.stderr
+    assert "Done, obtained 49-by-2048 matrix" in result.stdout
+
+
+def test_num_instances_larger_than_any_identity(template, tmp_path):
+    result = main_py(template, tmp_path / "log", "sampler.num_instances", "9", "train.batch_size", "18")
+    assert result.returncode == 3
+    assert "sampler.num_instances=9 but no training identity has more than 8 images" in result.stderr
+
+
+def test_empty_query_split(data_root, tmp_path):
+    for image in (data_root / "scal_demo" / "query").iterdir():
+        image.unlink()
+    result = main_py(data_root, tmp_path / "log", "train.max_epoch", "1")
+    assert result.returncode == 3 and "the query split is empty" in result.stderr
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("content, message", [
+    (lambda path: pickle.dump({"state_dict": Payload()}, open(path, "wb")), "weights_only"),
+    (lambda path: torch.save([1, 2, 3], path), "not a checkpoint dictionary"),
+    (lambda path: torch.save({"epoch": 3}, path), "holds no state dict"),
+])
+def test_bad_weight_files_are_refused(template, tmp_path, content, message):
+    path = tmp_path / "weights.pth"
+    content(path)
+    result = main_py(template, tmp_path / "log", "test.evaluate", "True", "model.load_weights", str(path))
+    assert result.returncode == 5 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "pwned").exists() and not os.path.exists(os.path.join(REPO, "pwned"))
+
+
+def test_resume_from_another_configuration_touches_nothing(template, tmp_path):
+    save_dir = tmp_path / "run"
+    first = main_py(template, save_dir, "train.max_epoch", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    files = {p: p.read_bytes() for p in (save_dir / "model").iterdir()}
+    result = main_py(template, save_dir, "train.max_epoch", "2", "model.name", "resnet50_scal_spatial",
+                     "model.resume", "auto")
+    assert result.returncode == 5 and "cannot resume model" in result.stderr
+    assert {p: p.read_bytes() for p in (save_dir / "model").iterdir()} == files

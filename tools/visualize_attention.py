@@ -1,0 +1,54 @@
+"""Draw what a trained SCAL model attends to, with its critics' values, image by image.
+
+    python tools/visualize_attention.py --config-file C --weights W --output DIR [--images FOLDER]
+        [--num-images N] [KEY VALUE ...]
+
+Per image, DIR/<name>.png is one row of fixed-size panels: the image, then per stage the attention map
+(spatial) or the activation weighted by the channel attention beside the unweighted one (channel), each
+captioned with the stage's critic value V_k. DIR/actmap/<name>.jpg are torchreid's activation maps.
+Images: the query split of the config's first target (the first 16 unless --num-images), or every image
+file of --images; rewards are undefined for both (their identities are not classifier classes).
+Trailing KEY VALUE pairs override the config as in tools/main.py. Errors exit with a message and, as
+there, status 2 (configuration), 3 (data) or 5 (checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from torchreid_scal.checkpoint import CheckpointError
+from torchreid_scal.config import ConfigError, load_config
+from torchreid_scal.datasets import DataError
+from torchreid_scal.inspection import visualize
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="", help="YAML config the model was trained with")
+    parser.add_argument("--weights", required=True, help="checkpoint written by the SCAL engine (model.pth.tar-N)")
+    parser.add_argument("--output", required=True, help="directory for the PNG rows and actmap/")
+    parser.add_argument("--images", default="", help="folder of images to use instead of the query split")
+    parser.add_argument("--num-images", type=int, default=None, help="at most this many images")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        visualize(cfg, args.weights, args.output, args.images or None, args.num_images)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        return 3
+    except CheckpointError as err:
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        return 5
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
