@@ -8,7 +8,8 @@ against reward (MSE, correlation, reliability table), the share of images where 
 and worst-scored images with their attention overlays, and the training curves (DIR/training_curves.png)
 from the run's TensorBoard events (default: the save_dir holding the weights' model/ folder).
 The default split is the sources' training images through the test transforms: only there are the pids
-classifier classes, so only there are rewards defined. Trailing KEY VALUE pairs override the config as in
+classifier classes, so only there are rewards defined; ``--split heldout`` (scal_demo) uses further images
+of the training identities that the model never trained on. Trailing KEY VALUE pairs override the config as in
 tools/main.py. Errors exit with a message and, as there, status 2 (configuration), 3 (data) or 5 (checkpoint).
 """
 from __future__ import annotations
@@ -16,9 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from torchreid_scal.checkpoint import CheckpointError
-from torchreid_scal.config import ConfigError, load_config
-from torchreid_scal.datasets import DataError
+from torchreid_scal.cli import run_tool
+from torchreid_scal.config import load_config
 from torchreid_scal.inspection import SPLITS, attention_report
 
 
@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config-file", default="", help="YAML config the model was trained with")
     parser.add_argument("--weights", required=True, help="checkpoint written by the SCAL engine (model.pth.tar-N)")
     parser.add_argument("--output", required=True, help="directory for report.json, report.html and pictures")
-    parser.add_argument("--split", choices=SPLITS, default="train", help="images to inspect (default: train)")
+    parser.add_argument("--split", choices=SPLITS, default="train", help="images to inspect (default: train; heldout: scal_demo's unseen images of training identities)")
     parser.add_argument("--bins", type=int, default=5, help="bins of the reliability table")
     parser.add_argument("--examples", type=int, default=4, help="best- and worst-scored images shown")
     parser.add_argument("--events", default="", help="TensorBoard event directory (default: the run's save_dir)")
@@ -37,19 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config_file, args.opts)
-        attention_report(cfg, args.weights, args.output, args.split, args.bins, args.events or None, args.examples)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except DataError as err:
-        print(f"data error: {err}", file=sys.stderr)
-        return 3
-    except CheckpointError as err:
-        print(f"checkpoint error: {err}", file=sys.stderr)
-        return 5
-    return 0
+    return run_tool(lambda: attention_report(load_config(args.config_file, args.opts), args.weights, args.output,
+                                             args.split, args.bins, args.events or None, args.examples))
 
 
 if __name__ == "__main__":

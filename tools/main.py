@@ -13,9 +13,8 @@ import sys
 
 from yacs.config import CfgNode as CN
 
-from torchreid_scal.config import ConfigError, load_config
-from torchreid_scal.checkpoint import CheckpointError, NonFiniteError
-from torchreid_scal.datasets import DataError
+from torchreid_scal.cli import run_tool
+from torchreid_scal.config import load_config
 from torchreid_scal.runner import run
 
 
@@ -42,23 +41,7 @@ def configure(argv=None) -> CN:
 
 
 def main(argv=None) -> int:
-    try:
-        cfg = configure(argv)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    try:
-        run(cfg)
-    except DataError as err:
-        print(f"data error: {err}", file=sys.stderr)
-        return 3
-    except NonFiniteError as err:
-        print(f"training stopped: {err}", file=sys.stderr)
-        return 4
-    except CheckpointError as err:
-        print(f"checkpoint error: {err}", file=sys.stderr)
-        return 5
-    return 0
+    return run_tool(lambda: run(configure(argv)))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from torchreid_scal.checkpoint import CheckpointError
-from torchreid_scal.config import ConfigError, load_config
-from torchreid_scal.datasets import DataError
+from torchreid_scal.cli import run_tool
+from torchreid_scal.config import load_config
 from torchreid_scal.inspection import visualize
 
 
@@ -35,19 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config_file, args.opts)
-        visualize(cfg, args.weights, args.output, args.images or None, args.num_images)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except DataError as err:
-        print(f"data error: {err}", file=sys.stderr)
-        return 3
-    except CheckpointError as err:
-        print(f"checkpoint error: {err}", file=sys.stderr)
-        return 5
-    return 0
+    return run_tool(lambda: visualize(load_config(args.config_file, args.opts), args.weights, args.output,
+                                      args.images or None, args.num_images))
 
 
 if __name__ == "__main__":

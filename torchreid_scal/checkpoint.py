@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message names the file and the reason."""
@@ -172,13 +174,22 @@ class SafeCheckpointing:
 
     keep_last: int = 0
 
-    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> str:
+    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> Optional[str]:
+        """Write the checkpoint of ``epoch`` (0-based) on rank 0; every process waits for it."""
+        if not distributed.world().is_main:
+            distributed.barrier()
+            return None
+        path = self._write_checkpoint(epoch, rank1, save_dir)
+        distributed.barrier()
+        return path
+
+    def _write_checkpoint(self, epoch: int, rank1: float, save_dir: str) -> str:
         state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state()}
         precision = getattr(self, "precision", None)
         if precision is not None:
             state["amp_scaler"] = precision.state_dict()
         for name in self.get_model_names():
-            model = self._models[name]
+            model = getattr(self._models[name], "module", self._models[name])
             bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
             if bad:
                 raise NonFiniteError(f"refusing to save epoch {epoch + 1}: {name} has non-finite values in {bad[:5]}")

@@ -89,6 +89,7 @@ def get_default_config() -> CN:
     cfg.train.amp = False  # SCAL plugin: mixed precision (bf16 on CPU and recent GPUs, else fp16 + loss scaling)
     cfg.train.checkpoint_freq = 1  # SCAL plugin: save a resumable checkpoint every N epochs (0 = only torchreid's)
     cfg.train.keep_last = 5  # SCAL plugin: keep the newest K checkpoints (0 = all)
+    cfg.train.sync_bn = False  # SCAL plugin: SyncBatchNorm under torchrun (GPUs only)
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9

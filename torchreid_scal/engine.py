@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _torchreid
+from . import _torchreid, distributed
 from .checkpoint import NonFiniteError, SafeCheckpointing
 from .critic_metrics import critic_summary, pearson
 from .models import StageCritics
@@ -39,26 +39,42 @@ class EngineMixin(SafeCheckpointing):
         self.keep_last = keep_last
         self.save_dir = ""
 
+    @property
+    def network(self) -> nn.Module:
+        """The model itself, unwrapped from DataParallel/DistributedDataParallel."""
+        return getattr(self.model, "module", self.model)
+
     def run(self, save_dir: str = "log", **kwargs) -> None:
         self.save_dir = save_dir
+        if not distributed.world().is_main:
+            self.writer = distributed.NullWriter()
         super().run(save_dir=save_dir, **kwargs)
 
     def train(self, *args, **kwargs) -> None:
-        """torchreid's epoch, then a checkpoint every ``checkpoint_freq`` epochs (for resuming after a crash)."""
+        """torchreid's epoch (with the distributed sampler told which epoch it is), then a checkpoint every
+        ``checkpoint_freq`` epochs (for resuming after a crash)."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
         super().train(*args, **kwargs)
         if self.save_dir and self.checkpoint_freq > 0 and (self.epoch + 1) % self.checkpoint_freq == 0:
             self.save_model(self.epoch, float("nan"), self.save_dir)
 
     def test(self, *args, **kwargs):
-        """torchreid's evaluation, run on a copy of the random generators: evaluating must not change what
-        the next training epoch draws, or a resumed run would differ from an uninterrupted one."""
-        python, numpy = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if self.use_gpu else []):
-            try:
-                return super().test(*args, **kwargs)
-            finally:
-                random.setstate(python)
-                np.random.set_state(numpy)
+        """torchreid's evaluation, on rank 0 only (the others wait), run on a copy of the random generators:
+        evaluating must not change what the next training epoch draws, or a resumed run would differ from an
+        uninterrupted one."""
+        rank1 = 0.0
+        if distributed.world().is_main:
+            python, numpy = random.getstate(), np.random.get_state()
+            with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if self.use_gpu else []):
+                try:
+                    rank1 = super().test(*args, **kwargs)
+                finally:
+                    random.setstate(python)
+                    np.random.set_state(numpy)
+        distributed.barrier()
+        return rank1
 
     def check_finite(self, summary: Dict[str, float]) -> None:
         """Stop at the first NaN or infinite logged loss, naming the step and the term."""
@@ -89,7 +105,7 @@ class EngineMixin(SafeCheckpointing):
 
     def extract_features(self, input: torch.Tensor) -> torch.Tensor:
         with self.test_precision.autocast():
-            return super().extract_features(input).float()
+            return self.network(input).float()
 
     def _evaluate(self, *args, ranks: Sequence[int] = (1, 5, 10, 20), gallery_loader=None, **kwargs):
         size = len(gallery_loader.dataset)
@@ -162,6 +178,7 @@ class ImageSCALEngine(ImageTripletEngine):
             )
         if critics is None:
             critics = StageCritics(net.attention, net.stage_channels, critic_stages).to(self.device)
+        critics = distributed.wrap(critics, self.device)
         if critic_optimizer is None:
             critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=critic_optim, lr=critic_lr,
                                                                 weight_decay=0.0)
@@ -174,9 +191,9 @@ class ImageSCALEngine(ImageTripletEngine):
         self._epoch_record: List[torch.Tensor] = []
 
     @property
-    def network(self) -> nn.Module:
-        """The SCAL network itself, unwrapped from DataParallel/DistributedDataParallel."""
-        return getattr(self.model, "module", self.model)
+    def critic_net(self) -> StageCritics:
+        """The critics themselves, unwrapped from DistributedDataParallel."""
+        return getattr(self.critics, "module", self.critics)
 
     @property
     def critic_active(self) -> bool:
@@ -204,7 +221,7 @@ class ImageSCALEngine(ImageTripletEngine):
         # evaluated with detached parameters so that J_cri cannot move them.
         if self.critic_active:
             agent_maps = [agent(x) for agent, x in zip(self.network.agents, features)]
-            loss_cri = -self.critics.frozen(features, agent_maps).float().mean()
+            loss_cri = -self.critic_net.frozen(features, agent_maps).float().mean()
         else:
             loss_cri = -values.detach().mean()  # reported during the warm-up, not optimised
 
@@ -238,7 +255,7 @@ class ImageSCALEngine(ImageTripletEngine):
             return
         record = torch.cat(self._epoch_record, dim=1)
         values, (reward_c, reward_a, reward) = record[:-3], record[-3:]
-        stats = critic_summary(values, reward, reward_c, reward_a, self.critics.stages)
+        stats = critic_summary(values, reward, reward_c, reward_a, self.critic_net.stages)
         print(f"epoch {self.epoch + 1} critic: " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()
                                                              if "stage" not in k))
         if self.writer is not None:

@@ -4,8 +4,9 @@ overlays, summarised in a report, and the run's training curves. ``tools/visuali
 
 Rewards need the true class: ``R_c`` compares the prediction with it and ``R_a`` the true-class probability
 with and without attention. Classifier classes are the training identities of the config's sources, so
-rewards are defined on the training split only; query and gallery hold other people (their pids are not
-classes) and images from a folder have no label at all. There ``R``, ``R_c`` and ``R_a`` are NaN and only
+rewards are defined on the training split (and on ``scal_demo``'s held-out images of the training
+identities) only; query and gallery hold other people (their pids are not classes) and images from a folder
+have no label at all. There ``R``, ``R_c`` and ``R_a`` are NaN and only
 the critic values ``V_k`` are reported. The report therefore reads the training split by default, through
 the test transforms (resize and normalise, no augmentation), so that its numbers are deterministic.
 """
@@ -49,7 +50,8 @@ PANEL_HEIGHT = IMAGE_HEIGHT + CAPTION_HEIGHT
 HEAT_WEIGHT = 0.7  # share of the heat map in an overlay, as in torchreid's tools/visualize_actmap.py
 GRID_SPACING = 10  # white gap between torchreid's activation-map panels
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-SPLITS = ("train", "query", "gallery")
+SPLITS = ("train", "heldout", "query", "gallery")
+LABELLED_SPLITS = ("train", "heldout")  # splits whose pids are classifier classes
 QUERY_IMAGES = 16  # images visualised from the query split unless a number is given
 REWARD_KEYS = ("mean_reward", "classification_rate", "attention_helped_rate", "critic_mse", "critic_reward_corr")
 CURVES = {
@@ -153,14 +155,20 @@ def make_loader(cfg: CN, dataset: Dataset, indices: Optional[Sequence[int]] = No
 
 
 def split_dataset(datamanager, split: str) -> Dataset:
-    """A split through the test transforms: the sources' training images (labels are classifier classes),
+    """A split through the test transforms: the sources' training images or, for a dataset that has them
+    (``scal_demo``), held-out images of the training identities (labels are classifier classes in both);
     or the query / gallery of the first target."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
-    if split != "train":
+    if split not in LABELLED_SPLITS:
         return datamanager.test_loader[datamanager.targets[0]][split].dataset
     dataset = copy.copy(datamanager.train_loader.dataset)
     dataset.transform, dataset.k_tfm = datamanager.transform_te, 1
+    if split == "heldout":
+        if not getattr(dataset, "heldout", None):
+            raise DataError(f"{list(datamanager.sources)} has no held-out images of its training identities "
+                            "(only scal_demo does); use --split train")
+        dataset.data = dataset.heldout
     return dataset
 
 
@@ -417,11 +425,11 @@ def attention_report(cfg: CN, weights: str, output: str, split: str = "train", b
     datamanager = build_datamanager(cfg, device)
     dataset = split_dataset(datamanager, split)
     classes = model.classifier.out_features
-    if split == "train" and datamanager.num_train_pids != classes:
+    if split in LABELLED_SPLITS and datamanager.num_train_pids != classes:
         raise DataError(f"{weights} classifies {classes} identities but the training split of "
                         f"{list(cfg.data.sources)} has {datamanager.num_train_pids}: rewards need the dataset "
                         "the model was trained on")
-    labelled = split == "train"
+    labelled = split in LABELLED_SPLITS
     ins = inspect_images(model, critics, make_loader(cfg, dataset), pids_are_classes=labelled, keep_maps=False)
     events = events or os.path.dirname(os.path.dirname(os.path.abspath(weights)))
     report: Dict[str, Any] = {"weights": os.path.abspath(weights), "model": cfg.model.name,

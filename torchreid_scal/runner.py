@@ -2,6 +2,7 @@
 and/or evaluate. Every builder is a function here so that tests reach all of it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -13,17 +14,20 @@ import torchvision
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from . import __version__, _torchreid
+from . import __version__, _torchreid, distributed
 from .checkpoint import load_weights
-from .config import engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs, optimizer_kwargs
+from .config import ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs, optimizer_kwargs
 from .datasets import DATASETS, check_available, checked_datasets
 from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
 from .models import MODEL_FACTORIES, StageCritics
 
 
 def select_device(cfg: CN) -> torch.device:
-    """CUDA when the config allows it (``use_gpu``) and a GPU is there, else the CPU."""
-    return torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    """CUDA when the config allows it (``use_gpu``) and a GPU is there (this process's, under torchrun),
+    else the CPU."""
+    if cfg.use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", distributed.world().local_rank)
+    return torch.device("cpu")
 
 
 def build_datamanager(cfg: CN, device: torch.device):
@@ -110,7 +114,12 @@ def describe_environment(device: torch.device) -> str:
 
 def run(cfg: CN, log_file: Optional[str] = None) -> None:
     """Train and evaluate (or only evaluate, with ``test.evaluate``) as configured; everything printed also
-    goes to ``data.save_dir/<train|test>.log-<time>``, TensorBoard events and checkpoints to ``data.save_dir``."""
+    goes to ``data.save_dir/<train|test>.log-<time>``, TensorBoard events and checkpoints to ``data.save_dir``.
+    Under torchrun, every process trains its share and rank 0 alone prints, logs, evaluates and saves."""
+    if not distributed.init_from_env(cfg.use_gpu).is_main:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            _run(cfg)
+        return
     os.makedirs(cfg.data.save_dir, exist_ok=True)
     name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     log_file = log_file or os.path.join(cfg.data.save_dir, name)
@@ -132,6 +141,12 @@ def _run(cfg: CN) -> None:
         torch.backends.cudnn.benchmark = True
 
     datamanager = build_datamanager(cfg, device)
+    here = distributed.world()
+    if here.size > 1:
+        if cfg.sampler.train_sampler != "RandomIdentitySampler":
+            raise ConfigError("distributed training shards P x K batches: set sampler.train_sampler RandomIdentitySampler")
+        distributed.shard_train_loader(datamanager, cfg.train.batch_size, cfg.sampler.num_instances, cfg.train.seed)
+        print(f"Distributed: {here.size} processes, {cfg.train.batch_size // here.size} images each per step")
     print(f"Building model: {cfg.model.name}")
     model = build_model(cfg, datamanager.num_train_pids)
     params, flops = _torchreid.utils.compute_model_complexity(model, (1, 3, cfg.data.height, cfg.data.width))
@@ -141,7 +156,9 @@ def _run(cfg: CN) -> None:
     elif cfg.test.evaluate:
         warnings.warn("test.evaluate is set but model.load_weights is empty: evaluating the model as initialised")
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
-    if device.type == "cuda" and torch.cuda.device_count() > 1:
+    if here.size > 1:
+        model = distributed.wrap(model, device, sync_bn=cfg.train.sync_bn)
+    elif device.type == "cuda" and torch.cuda.device_count() > 1:
         model = nn.DataParallel(model)
 
     optimizer = _torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))

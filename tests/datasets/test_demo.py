@@ -46,7 +46,7 @@ def registered() -> None:
 def test_same_seed_is_byte_identical(default_root: Path, tmp_path: Path) -> None:
     SCALDemo(root=str(tmp_path), verbose=False)
     first, second = _hashes(default_root / "scal_demo"), _hashes(tmp_path / "scal_demo")
-    assert len(first) == 400 + 50 + 300 + 1
+    assert len(first) == 400 + 50 + 300 + 100 + 1
     assert first == second
 
 
@@ -121,13 +121,15 @@ def test_reuse_and_regeneration(tmp_path: Path) -> None:
     assert ensure_generated(str(target), config)
     assert not ensure_generated(str(target), config)  # matching marker: reused
     assert os.listdir(tmp_path) == ["scal_demo"]  # no temporary siblings left behind
-    assert json.loads((target / MARKER).read_text())["counts"] == {"train": 12, "query": 3, "gallery": 9}
+    assert json.loads((target / MARKER).read_text())["counts"] == {"train": 12, "query": 3, "gallery": 9, "heldout": 8}
 
     (target / MARKER).unlink()  # as if interrupted before completion
     (target / "query" / "junk.png").write_bytes(b"half written")
     data = SCALDemo(root=str(tmp_path), verbose=False, **SMALL)
     assert (target / MARKER).is_file() and not (target / "query" / "junk.png").exists()
-    assert (len(data.train), len(data.query), len(data.gallery)) == (12, 3, 9)
+    assert (len(data.train), len(data.query), len(data.gallery), len(data.heldout)) == (12, 3, 9, 8)
+    assert {pid for _, pid, *_ in data.heldout} == {pid for _, pid, *_ in data.train} == set(range(4))
+    assert not {path for path, *_ in data.heldout} & {path for path, *_ in data.train}
 
     assert ensure_generated(str(target), DemoConfig(seed=5, **SMALL))  # marker of another seed
     assert json.loads((target / MARKER).read_text())["seed"] == 5

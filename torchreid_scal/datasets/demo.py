@@ -25,7 +25,9 @@ GENERATOR_VERSION = 3
 HEIGHT, WIDTH = 128, 64
 _SUPERSAMPLE = 2  # drawn at twice the size, then area-downsampled: cheap anti-aliasing
 MARKER = ".complete"
-SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test",
+              "heldout": "heldout_train"}
+"""``heldout``: further images of the training identities, never trained on, where rewards are defined."""
 _NAME = re.compile(r"^(\d{4})_c(\d)s1_(\d{6})\.png$")
 _BASE_KWARGS = ("transform", "k_tfm", "mode", "combineall", "verbose")  # what torchreid's Dataset takes
 
@@ -196,6 +198,7 @@ class DemoConfig:
     num_test_ids: int = 50
     train_per_id: int = 8
     gallery_per_id: int = 6
+    heldout_per_id: int = 2
 
     def __post_init__(self) -> None:
         if min(self.num_train_ids, self.num_test_ids, self.train_per_id) < 1:
@@ -213,6 +216,8 @@ class DemoConfig:
         for pid in range(self.num_train_ids + 1, self.num_train_ids + self.num_test_ids + 1):
             items.append(("query", pid, pid % ncam))
             items += [("gallery", pid, k % ncam) for k in range(self.gallery_per_id)]
+        for pid in range(1, self.num_train_ids + 1):
+            items += [("heldout", pid, (pid + k) % ncam) for k in range(self.heldout_per_id)]
         return items
 
     def marker(self) -> Dict[str, object]:
@@ -276,16 +281,19 @@ class SCALDemo(_torchreid.data.ImageDataset):
 
     Generation options are :class:`DemoConfig`'s fields; of the other keyword arguments torchreid's
     data manager passes, those ``ImageDataset`` understands are forwarded and the rest ignored.
+    ``heldout`` lists further images of the training identities, labelled like ``train`` but never in it.
     """
 
     dataset_dir = "scal_demo"
 
     def __init__(self, root: str = "", seed: int = 0, num_train_ids: int = 50, num_test_ids: int = 50,
-                 train_per_id: int = 8, gallery_per_id: int = 6, **kwargs) -> None:
+                 train_per_id: int = 8, gallery_per_id: int = 6, heldout_per_id: int = 2, **kwargs) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.dataset_dir = os.path.join(self.root, self.dataset_dir)
-        ensure_generated(self.dataset_dir, DemoConfig(seed, num_train_ids, num_test_ids, train_per_id, gallery_per_id))
+        ensure_generated(self.dataset_dir, DemoConfig(seed, num_train_ids, num_test_ids, train_per_id, gallery_per_id,
+                                                      heldout_per_id))
         split = {name: os.path.join(self.dataset_dir, sub) for name, sub in SPLIT_DIRS.items()}
         train = read_split(split["train"], relabel=True)
         query, gallery = read_split(split["query"]), read_split(split["gallery"])
+        self.heldout = [(*item, 0) for item in read_split(split["heldout"], relabel=True)]
         super().__init__(train, query, gallery, **{k: v for k, v in kwargs.items() if k in _BASE_KWARGS})

@@ -1,0 +1,125 @@
+"""Distributed training: the identity sampler's sharding, gradient averaging across gloo processes, and a
+real torchrun run of tools/main.py on the demo dataset."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from conftest import HEIGHT, WIDTH
+from torchreid_scal.distributed import DistributedIdentitySampler, wrap
+from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.models import create_model
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def fake_data(num_ids: int = 12, per_id: tuple = (2, 3, 5, 8)):
+    return [(f"img{pid}_{i}", pid, i % 2) for pid in range(num_ids) for i in range(per_id[pid % len(per_id)])]
+
+
+def test_ranks_see_disjoint_identities_that_make_up_the_global_batch():
+    data = fake_data()
+    ranks = [DistributedIdentitySampler(data, 8, 2, rank, 2, seed=3) for rank in range(2)]
+    whole = DistributedIdentitySampler(data, 8, 2, 0, 1, seed=3)
+    for sampler in ranks + [whole]:
+        sampler.set_epoch(4)
+    parts = [list(s) for s in ranks]
+    full = list(whole)
+    assert len(parts[0]) == len(parts[1]) == len(full) // 2 == len(ranks[0])
+    for step in range(len(full) // 8):
+        a, b = (p[step * 4:(step + 1) * 4] for p in parts)
+        ids_a, ids_b = {data[i][1] for i in a}, {data[i][1] for i in b}
+        assert len(ids_a) == len(ids_b) == 2 and not ids_a & ids_b
+        assert sorted(a + b) == sorted(full[step * 8:(step + 1) * 8])
+    ranks[0].set_epoch(5)
+    assert list(ranks[0]) != parts[0]
+
+
+def test_batch_must_split_across_processes():
+    with pytest.raises(ValueError, match="divisible by the 2 processes"):
+        DistributedIdentitySampler(fake_data(), 6, 2, 0, 2)
+
+
+def _engine(lr: float = 0.1):
+    torch.manual_seed(0)
+    model = create_model("resnet50_scal_channel", 4, loss="triplet", pretrained=False, height=HEIGHT, width=WIDTH)
+    model = wrap(model, torch.device("cpu"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    engine = ImageSCALEngine(SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=4, sources=["x"]),
+                             model, optimizer, weight_t=0.0, weight_x=1.0, use_gpu=False,
+                             critic_optimizer=None, critic_lr=0.1, critic_optim="sgd")
+    engine.set_model_mode("train")
+    for module in engine.network.modules():  # batch statistics would make the halves differ from the whole
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return engine
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(1)
+    return {"img": torch.randn(8, 3, HEIGHT, WIDTH, generator=generator), "pid": torch.arange(4).repeat_interleave(2)}
+
+
+def _params(engine):
+    return {**{f"model.{k}": v.detach().clone() for k, v in engine.network.named_parameters()},
+            **{f"critic.{k}": v.detach().clone() for k, v in engine.critic_net.named_parameters()}}
+
+
+def _rank(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        engine = _engine()
+        data = _batch()
+        half = slice(rank * 4, (rank + 1) * 4)
+        engine.forward_backward({"img": data["img"][half], "pid": data["pid"][half]})
+        torch.save(_params(engine), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_on_halves_equal_one_process_on_the_whole(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "params")
+    mp.spawn(_rank, args=(port, out), nprocs=2, join=True)
+    start = _params(_engine())
+    whole = _engine()
+    whole.forward_backward(_batch())
+    expected = _params(whole)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    for key in expected:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    moved = [k for k in expected if not torch.equal(expected[k], start[k])]
+    assert any(k.startswith("model.agents") for k in moved) and any(k.startswith("critic.") for k in moved)
+    assert any(k.startswith("model.layer4") for k in moved)
+    worst = max((ranks[0][k] - expected[k]).abs().max().item() for k in expected)
+    change = max((expected[k] - start[k]).abs().max().item() for k in moved)
+    assert worst < 1e-5 < change, (worst, change)
+
+
+def test_torchrun_trains_on_the_demo_dataset(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         os.path.join(REPO, "tools", "main.py"), "--config-file", os.path.join(REPO, "configs", "scal_demo.yaml"),
+         "data.root", str(tmp_path / "data"), "data.save_dir", str(tmp_path / "log"), "data.height", "64",
+         "data.width", "32", "data.workers", "0", "train.max_epoch", "1", "train.warmup_epochs", "0",
+         "train.print_freq", "2"],
+        capture_output=True, text=True, timeout=900, env=env, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Distributed: 2 processes, 16 images each per step" in result.stdout
+    assert result.stdout.count("Show configuration") == 1 and "mAP:" in result.stdout
+    state = torch.load(tmp_path / "log" / "model" / "model.pth.tar-1", weights_only=True)
+    assert not any(k.startswith("module.") for k in state["state_dict"]) and "critic" in state

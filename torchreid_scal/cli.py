@@ -1,0 +1,24 @@
+"""What the command-line tools share: this package's errors become one line on stderr and an exit status."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .checkpoint import CheckpointError, NonFiniteError
+from .config import ConfigError
+from .datasets import DataError
+
+EXIT_CODES = ((ConfigError, 2, "config error"), (DataError, 3, "data error"),
+              (NonFiniteError, 4, "training stopped"), (CheckpointError, 5, "checkpoint error"))
+"""Exit status per error: 2 configuration, 3 data, 4 non-finite loss, 5 checkpoint."""
+
+
+def run_tool(job: Callable[[], None]) -> int:
+    """Run ``job``; return 0, or print the error that names the culprit and return its status."""
+    try:
+        job()
+    except tuple(kind for kind, _, _ in EXIT_CODES) as err:
+        status, label = next((code, label) for kind, code, label in EXIT_CODES if isinstance(err, kind))
+        print(f"{label}: {err}", file=sys.stderr)
+        return status
+    return 0

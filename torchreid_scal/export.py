@@ -1,0 +1,81 @@
+"""The inference network (no critics) as TorchScript and ONNX, with a parity check against eager mode.
+
+Input ``images``: float32 NCHW, normalised as in training (torchreid's test transform), any batch size.
+Output ``features``: the retrieval feature of ``test.feature`` (BN or pooled), float32 (N, 2048).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from .checkpoint import CheckpointError, load_checkpoint, state_dict_of
+from .runner import build_model
+
+FORMATS = ("onnx", "torchscript")
+FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+ONNX_OPSET = 17
+
+
+def load_inference_model(cfg: CN, weights: str) -> nn.Module:
+    """The configured model with ``weights`` (sized by the checkpoint's classifier), in eval mode on the CPU."""
+    state = state_dict_of(load_checkpoint(weights), source=weights)
+    classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 1
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.model.pretrained = False
+    model = build_model(cfg, classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights} does not fit {cfg.model.name} at {cfg.data.height}x{cfg.data.width}: "
+                              f"{str(err).splitlines()[0]}") from None
+    return model.eval()
+
+
+def export(model: nn.Module, example: torch.Tensor, output: str, formats: Iterable[str] = FORMATS) -> Dict[str, str]:
+    """Write ``model`` in each of ``formats`` into ``output``; return format -> path."""
+    os.makedirs(output, exist_ok=True)
+    paths = {}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about the constant input-size checks
+        for fmt in formats:
+            path = os.path.join(output, FILES[fmt])
+            if fmt == "torchscript":
+                torch.jit.trace(model, example, check_trace=False).save(path)
+            else:
+                torch.onnx.export(model, (example,), path, input_names=["images"], output_names=["features"],
+                                  dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                                  opset_version=ONNX_OPSET, dynamo=False)
+            paths[fmt] = path
+    return paths
+
+
+def run_exported(fmt: str, path: str, images: torch.Tensor) -> torch.Tensor:
+    """Features from an exported file, on the CPU."""
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(path, map_location="cpu")(images)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["features"], {"images": images.numpy().astype(np.float32)})[0])
+
+
+def parity(model: nn.Module, paths: Dict[str, str], height: int, width: int,
+           batch_sizes: Iterable[int] = (1, 5), seed: Optional[int] = 0) -> Dict[str, Dict[int, float]]:
+    """Max absolute difference between each exported file and eager mode, per batch size."""
+    generator = torch.Generator().manual_seed(seed)
+    result: Dict[str, Dict[int, float]] = {fmt: {} for fmt in paths}
+    for n in batch_sizes:
+        images = torch.randn(n, 3, height, width, generator=generator)
+        with torch.no_grad():
+            expected = model(images)
+        for fmt, path in paths.items():
+            result[fmt][n] = (run_exported(fmt, path, images) - expected).abs().max().item()
+    return result
