@@ -100,7 +100,7 @@ def test_inspect_matches_a_direct_pass(trained_run, loaded):
     with torch.no_grad():
         out = model(imgs, return_stages=True)
         rewards = compute_rewards(out.logits, model(imgs, return_stages=True, use_attention=False).logits, pids)
-        values = critics(out.features, out.maps)
+        values = critics(out.features, out.maps)[0]
     assert torch.allclose(ins.values, values, atol=1e-5) and ins.stages == critics.stages
     assert all(torch.equal(mine, theirs) for mine, theirs in zip(ins.rewards, rewards))
     assert torch.equal(ins.pids, pids) and ins.paths == [it["impath"] for it in items]

@@ -5,7 +5,8 @@
 
 In one process and on one batch: the training-step time of each model in its engine (torchreid's
 ``ImageTripletEngine`` for resnet50 and resnet50_bnneck, ``ImageSCALEngine`` for the SCAL variants) and the
-eval-mode feature-extraction throughput, each after warm-up steps, as median and spread over ``--steps``.
+eval-mode feature-extraction throughput, after warm-up steps, as median and spread over ``--steps``; the
+models take turns in every repetition, so that a drift in the machine's speed affects them alike.
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the process's peak RSS, which is a
 process-wide high-water mark, so each model's is measured in a fresh child process doing the same steps.
 """
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import torch
 import torchvision
@@ -83,32 +84,58 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], None], steps: int, warmup: int, device: str) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+def interleaved(jobs: Dict[str, Callable[[], None]], steps: int, warmup: int, device: str) -> Dict[str, List[float]]:
+    """Seconds per call of each job, the jobs taking turns in every repetition so that a drift in the
+    machine's speed affects all of them alike."""
+    times: Dict[str, List[float]] = {name: [] for name in jobs}
+    for rep in range(warmup + steps):
+        for name, job in jobs.items():
+            _sync(device)
+            start = time.perf_counter()
+            job()
+            _sync(device)
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - start)
     return times
 
 
-def measure(name: str, args, data) -> Dict[str, object]:
-    engine = build_engine(name, args, num_classes=int(data["pid"].max()) + 1)
-    engine.set_model_mode("train")
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    train = timed(lambda: engine.forward_backward(data), args.steps, args.warmup, args.device)
-    engine.set_model_mode("eval")
+def measure(names: Sequence[str], args, data) -> Dict[str, Dict[str, object]]:
+    """Training-step and extraction times of every model, interleaved; CUDA peak memory per model."""
+    engines = {name: build_engine(name, args, num_classes=int(data["pid"].max()) + 1) for name in names}
     imgs = data["img"].to(args.device)
-    extract = timed(lambda: engine.extract_features(imgs), args.steps, args.warmup, args.device)
-    result = {"train_step_s": train, "extract_s": extract}
+
+    def train_step(engine):
+        engine.set_model_mode("train")
+        return lambda: engine.forward_backward(data)
+
+    def extract(engine):
+        return lambda: engine.extract_features(imgs)
+
+    result: Dict[str, Dict[str, object]] = {name: {} for name in names}
     if args.device == "cuda":
-        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        for name, engine in engines.items():
+            torch.cuda.reset_peak_memory_stats()
+            interleaved({name: train_step(engine)}, 1, 1, args.device)
+            result[name]["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    for name, times in interleaved({n: train_step(e) for n, e in engines.items()}, args.steps, args.warmup,
+                                   args.device).items():
+        result[name]["train_step_s"] = times
+    for engine in engines.values():
+        engine.set_model_mode("eval")
+    for name, times in interleaved({n: extract(e) for n, e in engines.items()}, args.steps, args.warmup,
+                                   args.device).items():
+        result[name]["extract_s"] = times
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set: VmHWM, which (unlike ru_maxrss) a child does not inherit from the
+    process that started it; ru_maxrss where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_peak_rss_mb(name: str, args) -> float:
@@ -130,10 +157,10 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     data = make_batch(args)
     if args.memory_of:
-        measure(args.memory_of, args, data)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        measure([args.memory_of], args, data)
+        print(peak_rss_mb())
         return
-    raw = {name: measure(name, args, data) for name in args.models}
+    raw = measure(args.models, args, data)
     if args.device == "cpu":
         for name in args.models:
             raw[name]["peak_mem_mb"] = child_peak_rss_mb(name, args)

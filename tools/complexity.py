@@ -25,7 +25,7 @@ class _WithCritics(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x, return_stages=True)
-        return self.critics(out.features, out.maps)
+        return self.critics(out.features, out.maps)[0]
 
 
 def main() -> None:

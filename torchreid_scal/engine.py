@@ -203,8 +203,9 @@ class ImageSCALEngine(ImageTripletEngine):
     def compute_losses(self, imgs: torch.Tensor, pids: torch.Tensor) -> SCALLosses:
         """Every SCAL quantity of one batch; the gradient routing of the four losses lives here."""
         out = self.model(imgs, return_stages=True)
-        with torch.no_grad():
-            plain_logits = self.model(imgs, return_stages=True, use_attention=False).logits
+        with torch.no_grad():  # the same weights without attention, from the shared stem output X_0
+            stem = out.features[0].detach()
+            plain_logits = self.model(imgs, return_stages=True, use_attention=False, stem=stem).logits
         rewards = compute_rewards(out.logits, plain_logits, pids)
 
         # J_tri, J_cls → backbone, agents and head (torchreid's criteria, as its triplet engine computes them).
@@ -212,16 +213,16 @@ class ImageSCALEngine(ImageTripletEngine):
         loss_x = self.compute_loss(self.criterion_x, out.logits, pids)
 
         # J_mse → critics only: their inputs X_k, A_k are cut from the network's graph.
+        # J_cri → agents only: A'_k = agent_k(X_k.detach()) keeps the backbone out, and the critics score A'_k
+        # with their weights held fixed, so that J_cri cannot move them (only after the critic warm-up).
         features = [x.detach() for x in out.features]
         maps = [a.detach() for a in out.maps]
-        values = self.critics(features, maps).float()
+        agent_maps = [agent(x) for agent, x in zip(self.network.agents, features)] if self.critic_active else None
+        values, agent_values = self.critics(features, maps, agent_maps)
+        values = values.float()
         loss_mse = (values - rewards.total).square().mean()
-
-        # J_cri → agents only: A'_k = agent_k(X_k.detach()) keeps the backbone out, and the critics are
-        # evaluated with detached parameters so that J_cri cannot move them.
-        if self.critic_active:
-            agent_maps = [agent(x) for agent, x in zip(self.network.agents, features)]
-            loss_cri = -self.critic_net.frozen(features, agent_maps).float().mean()
+        if agent_values is not None:
+            loss_cri = -agent_values.float().mean()
         else:
             loss_cri = -values.detach().mean()  # reported during the warm-up, not optimised
 

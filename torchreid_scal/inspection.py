@@ -199,7 +199,7 @@ def inspect_images(model: SCALResNet, critics: StageCritics,
         size = imgs.size(0)
         pid = torch.as_tensor(batch.get("pid", torch.full((size,), -1))).long()
         out = model(imgs, return_stages=True)
-        values.append(critics(out.features, out.maps).float().cpu())
+        values.append(critics(out.features, out.maps)[0].float().cpu())
         if pids_are_classes:
             if pid.min() < 0 or pid.max() >= out.logits.size(1):
                 raise DataError(f"pids {int(pid.min())}..{int(pid.max())} are not classes of this "

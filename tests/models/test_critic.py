@@ -15,20 +15,25 @@ def test_one_finite_value_per_image_at_every_stage(variant, critic, images):
     out = model(images, return_stages=True)
     critics = StageCritics(model.attention, model.stage_channels, [0, 1, 2, 3, 4])
     assert all(isinstance(c, critic) for c in critics.critics.values())
-    values = critics(out.features, out.maps)
+    values, fixed = critics(out.features, out.maps)
+    assert fixed is None
     assert values.shape == (5, images.size(0))
     assert torch.isfinite(values).all()
 
 
-def test_frozen_values_route_gradients_to_maps_only():
-    critics = StageCritics("channel", (8, 16), [1])
+@pytest.mark.parametrize("kind, shape", [("channel", (3, 16, 1, 1)), ("spatial", (3, 1, 4, 2))])
+def test_fixed_weight_values_route_gradients_to_agent_maps_only(kind, shape):
+    critics = StageCritics(kind, (8, 16), [1])
     x = torch.randn(3, 16, 4, 2)
-    a = torch.rand(3, 16, 1, 1, requires_grad=True)
-    frozen = critics.frozen([None, x], [None, a])
-    assert torch.allclose(frozen, critics([None, x], [None, a]))
-    frozen.sum().backward()
-    assert a.grad is not None and a.grad.abs().sum() > 0
+    a = torch.rand(*shape)
+    agent_map = a.clone().requires_grad_(True)
+    values, fixed = critics([None, x], [None, a], [None, agent_map])
+    assert torch.allclose(fixed, values) and fixed.shape == (1, 3)
+    fixed.sum().backward()
+    assert agent_map.grad is not None and agent_map.grad.abs().sum() > 0
     assert all(p.grad is None for p in critics.parameters())
+    values.sum().backward()
+    assert all(p.grad is not None for p in critics.parameters())
 
 
 @pytest.mark.parametrize("stages", [[], [5], [-1]])

@@ -128,3 +128,18 @@ def test_attention_adds_few_parameters_and_flops():
         params, flops = figures[variant]
         assert base_params < params <= 1.05 * base_params
         assert base_flops < flops <= 1.01 * base_flops
+
+
+def test_reusing_the_stem_output_changes_nothing(images):
+    model = build("resnet50_scal_channel").train()
+    with torch.no_grad():
+        x0 = model(images, return_stages=True).features[0]
+        full = model(images, return_stages=True, use_attention=False).logits
+        reused = model(images, return_stages=True, use_attention=False, stem=x0).logits
+    assert torch.allclose(full, reused, atol=1e-6)
+
+
+def test_in_place_eval_path_equals_the_stage_path(images):
+    model = build("resnet50_scal_spatial").eval()
+    with torch.no_grad():
+        assert torch.allclose(model(images), model(images, return_stages=True).bn_feature, atol=1e-6)

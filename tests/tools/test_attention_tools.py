@@ -96,7 +96,7 @@ def direct_pass(trained_run):
             imgs = torch.stack([datamanager.transform_te(_torchreid.utils.read_image(item[0])) for item in batch])
             out = model(imgs, return_stages=True)
             plain = model(imgs, return_stages=True, use_attention=False).logits
-            values.append(critics(out.features, out.maps))
+            values.append(critics(out.features, out.maps)[0])
             rewards.append(torch.stack(compute_rewards(out.logits, plain, torch.tensor([item[1] for item in batch]))))
     return critics.stages, torch.cat(values, dim=1), torch.cat(rewards, dim=1)
 

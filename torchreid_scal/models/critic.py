@@ -1,12 +1,13 @@
 """Critics: ``V = C(X_k, A_k)``, the predicted reward of one stage's attention, one scalar per image.
 
 The paper does not give the critic's layers; these are this project's (see docs of the method).
-No BatchNorm: each critic runs twice per step (for J_mse and J_cri), and running statistics
-would be disturbed by whichever pass ran last.
+No BatchNorm: each critic scores two sets of maps per step (for J_mse and J_cri), and running
+statistics would be disturbed by whichever pass ran last. Each critic is an ``encode`` of the features
+(shared by both passes: the features are the same) and a ``score`` of the encoding with a map.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -22,8 +23,13 @@ class ChannelCritic(nn.Module):
         self.fc1 = nn.Linear(2 * channels, hidden)
         self.fc2 = nn.Linear(hidden, 1)
 
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.norm(x.mean(dim=(2, 3))), a.flatten(1).to(x.dtype)], dim=1)
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor, encoded: bool = False) -> torch.Tensor:
+        """V for features ``x`` (or, with ``encoded=True``, their :meth:`encode`) and map ``a``."""
+        e = x if encoded else self.encode(x)
+        h = torch.cat([e, a.flatten(1).to(e.dtype)], dim=1)
         return self.fc2(torch.relu(self.fc1(h))).squeeze(1)
 
 
@@ -37,8 +43,13 @@ class SpatialCritic(nn.Module):
         self.conv = nn.Conv2d(mid + 1, mid, kernel_size=3, stride=2, padding=1)
         self.fc = nn.Linear(mid, 1)
 
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.norm(self.reduce(x)), a.to(x.dtype)], dim=1)
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.reduce(x))
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor, encoded: bool = False) -> torch.Tensor:
+        """V for features ``x`` (or, with ``encoded=True``, their :meth:`encode`) and map ``a``."""
+        e = x if encoded else self.encode(x)
+        h = torch.cat([e, a.to(e.dtype)], dim=1)
         return self.fc(torch.relu(self.conv(h)).mean(dim=(2, 3))).squeeze(1)
 
 
@@ -60,11 +71,18 @@ class StageCritics(nn.Module):
         self.stages = sorted(set(int(k) for k in stages))
         self.critics = nn.ModuleDict({str(k): CRITICS[attention](stage_channels[k]) for k in self.stages})
 
-    def forward(self, features: Sequence[torch.Tensor], maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Values ``V_k`` for every critic stage k; ``features``/``maps`` are indexed by stage."""
-        return torch.stack([self.critics[str(k)](features[k], maps[k]) for k in self.stages])
-
-    def frozen(self, features: Sequence[torch.Tensor], maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Same values, computed with detached parameters: gradients reach the inputs, never the critics."""
-        params: Dict[str, torch.Tensor] = {n: p.detach() for n, p in self.named_parameters()}
-        return functional_call(self, params, (features, maps))
+    def forward(self, features: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
+                agent_maps: Optional[Sequence[torch.Tensor]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Values ``V_k`` of ``maps`` as a (K, B) tensor and, when ``agent_maps`` are given, their values under
+        the critics' weights held fixed (gradients reach ``agent_maps`` only, never a critic). Lists are
+        indexed by stage; each stage's features are encoded once for both."""
+        values, fixed_values = [], []
+        for k in self.stages:
+            critic = self.critics[str(k)]
+            encoding = critic.encode(features[k])
+            values.append(critic(encoding, maps[k], encoded=True))
+            if agent_maps is not None:
+                fixed: Dict[str, torch.Tensor] = {n: p.detach() for n, p in critic.named_parameters()}
+                fixed_values.append(functional_call(critic, fixed, (encoding.detach(), agent_maps[k]),
+                                                    {"encoded": True}))
+        return torch.stack(values), (torch.stack(fixed_values) if agent_maps is not None else None)

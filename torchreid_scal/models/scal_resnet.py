@@ -145,17 +145,22 @@ class SCALResNet(nn.Module):
                 "build the model with the matching height/width"
             )
 
-    def _run(self, x: torch.Tensor, use_attention: bool) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
+    def _run(self, x: torch.Tensor, use_attention: bool, keep_stages: bool, stem: Optional[torch.Tensor]
+             ) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
         features: List[torch.Tensor] = []
         maps: List[torch.Tensor] = []
+        attend = use_attention and len(self.agents) > 0
+        in_place = not keep_stages and not torch.is_grad_enabled()  # nobody else holds X_k: multiply in place
         h = x
         for k, stage in enumerate(self.stages()):
-            h = stage(h)
-            features.append(h)
-            if use_attention and len(self.agents) > 0:
+            h = stem if (k == 0 and stem is not None) else stage(h)
+            if keep_stages:
+                features.append(h)
+            if attend:
                 a = self.agents[k](h)
-                maps.append(a)
-                h = h * a
+                h = h.mul_(a) if in_place else h * a
+                if keep_stages:
+                    maps.append(a)
         return features, maps, h
 
     def forward(
@@ -164,11 +169,14 @@ class SCALResNet(nn.Module):
         return_featuremaps: bool = False,
         return_stages: bool = False,
         use_attention: bool = True,
+        stem: Optional[torch.Tensor] = None,
     ):
+        """``stem``: the stem's output for these same images (``X_0`` of an earlier pass), to skip recomputing
+        it; the stem precedes every agent, so it is identical with and without attention."""
         self._check_size(x)
         bn_guard = frozen_bn_stats(self) if (self.training and not use_attention) else contextlib.nullcontext()
         with bn_guard:
-            features, maps, last = self._run(x, use_attention)
+            features, maps, last = self._run(x, use_attention, return_stages, stem)
             if return_featuremaps and not return_stages:
                 return last
             pooled = self.global_avgpool(last).flatten(1)
