@@ -34,7 +34,9 @@ def build_engine(datamanager, critic_scheduler: bool = True) -> ImageSCALEngine:
     scheduler = _torchreid.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step", stepsize=[1])
     critics = StageCritics(model.attention, model.stage_channels, [2, 4])
     critic_optimizer = torch.optim.Adam(critics.parameters(), lr=1e-4)
-    critic_sched = torch.optim.lr_scheduler.StepLR(critic_optimizer, step_size=1, gamma=0.5) if critic_scheduler else None
+    critic_sched = None
+    if critic_scheduler:
+        critic_sched = torch.optim.lr_scheduler.StepLR(critic_optimizer, step_size=1, gamma=0.5)
     return ImageSCALEngine(datamanager, model, optimizer, scheduler=scheduler, use_gpu=False, critics=critics,
                            critic_optimizer=critic_optimizer, critic_scheduler=critic_sched)
 

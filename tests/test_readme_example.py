@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import torch
 
 from torchreid_scal.checkpoint import save_checkpoint
 from torchreid_scal.datasets.demo import SCALDemo

@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config-file", default="", help="YAML config the model was trained with")
     parser.add_argument("--weights", required=True, help="checkpoint written by the SCAL engine (model.pth.tar-N)")
     parser.add_argument("--output", required=True, help="directory for report.json, report.html and pictures")
-    parser.add_argument("--split", choices=SPLITS, default="train", help="images to inspect (default: train; heldout: scal_demo's unseen images of training identities)")
+    parser.add_argument("--split", choices=SPLITS, default="train",
+                        help="images to inspect (default: train; heldout: scal_demo's unseen images of training ids)")
     parser.add_argument("--bins", type=int, default=5, help="bins of the reliability table")
     parser.add_argument("--examples", type=int, default=4, help="best- and worst-scored images shown")
     parser.add_argument("--events", default="", help="TensorBoard event directory (default: the run's save_dir)")

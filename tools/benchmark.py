@@ -174,7 +174,8 @@ def main(argv=None) -> None:
         "torchreid_layout": _torchreid.LAYOUT, "torchreid_scal": torchreid_scal.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
     })
-    print(f"device {args.device}, batch {args.batch_size} ({args.batch_size // args.num_instances}x{args.num_instances}), "
+    ids = args.batch_size // args.num_instances
+    print(f"device {args.device}, batch {args.batch_size} ({ids}x{args.num_instances}), "
           f"{args.height}x{args.width}, amp {args.amp}, channels_last {args.channels_last}, "
           f"{args.steps} steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     header = f"{'model':<24}{'step s (median, range)':>26}{'img/s':>9}{'peak MB':>9}"

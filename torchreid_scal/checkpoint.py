@@ -101,7 +101,8 @@ def load_weights(model: nn.Module, path: str) -> Dict[str, list]:
         raise CheckpointError(f"no weight in {path} matches this model; was it trained for another architecture?")
     model.load_state_dict(matched, strict=False)
     missing = sorted(set(own) - set(matched))
-    print(f"Loaded {len(matched)} tensors from {path}" + (f"; skipped (name or shape differs): {skipped}" if skipped else "")
+    print(f"Loaded {len(matched)} tensors from {path}"
+          + (f"; skipped (name or shape differs): {skipped}" if skipped else "")
           + (f"; not in file: {missing}" if missing else ""))
     return {"loaded": sorted(matched), "skipped": skipped, "missing": missing}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import difflib
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN

@@ -16,7 +16,8 @@ from yacs.config import CfgNode as CN
 
 from . import __version__, _torchreid, distributed
 from .checkpoint import load_weights
-from .config import ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs, optimizer_kwargs
+from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
+                     optimizer_kwargs)
 from .datasets import DATASETS, check_available, checked_datasets
 from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
 from .models import MODEL_FACTORIES, StageCritics
@@ -47,7 +48,8 @@ def build_model(cfg: CN, num_classes: int) -> nn.Module:
     name through torchreid's ``build_model``."""
     loss = "softmax" if cfg.loss.name == "softmax" else "triplet"
     if cfg.model.name in MODEL_FACTORIES:
-        return MODEL_FACTORIES[cfg.model.name](num_classes, loss=loss, pretrained=cfg.model.pretrained, **model_kwargs(cfg))
+        factory = MODEL_FACTORIES[cfg.model.name]
+        return factory(num_classes, loss=loss, pretrained=cfg.model.pretrained, **model_kwargs(cfg))
     return _torchreid.models.build_model(cfg.model.name, num_classes, loss=loss, pretrained=cfg.model.pretrained)
 
 
@@ -144,7 +146,8 @@ def _run(cfg: CN) -> None:
     here = distributed.world()
     if here.size > 1:
         if cfg.sampler.train_sampler != "RandomIdentitySampler":
-            raise ConfigError("distributed training shards P x K batches: set sampler.train_sampler RandomIdentitySampler")
+            raise ConfigError("distributed training shards P x K batches: "
+                              "set sampler.train_sampler RandomIdentitySampler")
         distributed.shard_train_loader(datamanager, cfg.train.batch_size, cfg.sampler.num_instances, cfg.train.seed)
         print(f"Distributed: {here.size} processes, {cfg.train.batch_size // here.size} images each per step")
     print(f"Building model: {cfg.model.name}")

@@ -54,7 +54,7 @@ def test_test_only_from_the_saved_checkpoint(scal_run, tiny, tmp_path):
     result = main_py("--config-file", DEMO, *tiny, "test.evaluate", "True", "model.load_weights", weights,
                      "data.save_dir", str(tmp_path), "test.visrank", "True", "test.visrank_topk", "3")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Loaded" in result.stdout and "mAP:" in result.stdout and "=> Start training" not in result.stdout
+    assert "Loaded" in result.stdout and "mAP:" in result.stdout and "=> Start training" not in result.stdout
     assert any(f.startswith("test.log-") for f in os.listdir(tmp_path))
     ranked = os.path.join(tmp_path, "visrank_scal_demo")
     assert len(os.listdir(ranked)) == 50  # one picture per query

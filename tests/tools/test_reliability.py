@@ -56,7 +56,8 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(templ
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     victim_dir = tmp_path / "victim"
-    victim = subprocess.Popen(command(template, victim_dir, *opts), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(command(template, victim_dir, *opts), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     latest = victim_dir / "model" / "latest"
     deadline = time.monotonic() + 600
     while not latest.exists() and victim.poll() is None and time.monotonic() < deadline:

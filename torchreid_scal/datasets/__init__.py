@@ -16,5 +16,5 @@ def register_datasets() -> None:
     _torchreid.image_dataset_table().update(DATASETS)
     install_image_reader()
 
-__all__ = ["DATASETS", "BadImageError", "DataError", "DatasetNotFoundError", "DemoConfig", "SCALDemo", "check_available",
-           "checked_datasets", "register_datasets"]
+__all__ = ["DATASETS", "BadImageError", "DataError", "DatasetNotFoundError", "DemoConfig", "SCALDemo",
+           "check_available", "checked_datasets", "register_datasets"]

@@ -9,7 +9,7 @@ import collections
 import contextlib
 import os
 import warnings
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 from PIL import Image
 
@@ -113,7 +113,7 @@ class _Checked(_torchreid.data.ImageDataset):
                     shown = sorted(opts.bad[name])[:5]
                     warnings.warn(f"dataset {name}: skipping {len(opts.bad[name])} unreadable images, e.g. {shown}")
             bad = opts.bad[name]
-            train, query, gallery = ([item for item in split if item[0] not in bad] for split in (train, query, gallery))
+            train, query, gallery = ([i for i in items if i[0] not in bad] for items in (train, query, gallery))
             train = _relabel(train)
         for split, items in (("query", query), ("gallery", gallery)):
             if not items:

@@ -44,22 +44,26 @@ def create_model(
     return model
 
 
-def resnet50_scal(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True, **kwargs) -> SCALResNet:
+def resnet50_scal(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True,
+                  **kwargs) -> SCALResNet:
     """SCAL with channel attention, the paper's stronger variant."""
     return create_model("resnet50_scal", num_classes, loss, pretrained, use_gpu, **kwargs)
 
 
-def resnet50_scal_channel(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True, **kwargs) -> SCALResNet:
+def resnet50_scal_channel(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True,
+                          **kwargs) -> SCALResNet:
     """SCAL with channel (squeeze-excitation form) attention agents."""
     return create_model("resnet50_scal_channel", num_classes, loss, pretrained, use_gpu, **kwargs)
 
 
-def resnet50_scal_spatial(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True, **kwargs) -> SCALResNet:
+def resnet50_scal_spatial(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True,
+                          **kwargs) -> SCALResNet:
     """SCAL with spatial attention agents, sized for ``height×width`` inputs."""
     return create_model("resnet50_scal_spatial", num_classes, loss, pretrained, use_gpu, **kwargs)
 
 
-def resnet50_bnneck(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True, **kwargs) -> SCALResNet:
+def resnet50_bnneck(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True,
+                    **kwargs) -> SCALResNet:
     """The same network and head without attention: the baseline for ablations."""
     return create_model("resnet50_bnneck", num_classes, loss, pretrained, use_gpu, **kwargs)
 
