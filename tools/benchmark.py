@@ -48,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--json", default="", help="write the figures to this file")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--profile", choices=MODELS, help="print torch.profiler's table of one training step and exit")
     parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch_size % args.num_instances:
@@ -128,6 +129,21 @@ def measure(names: Sequence[str], args, data) -> Dict[str, Dict[str, object]]:
     return result
 
 
+def profile_step(name: str, args, data) -> None:
+    """Where one training step of ``name`` spends its time, by operator (after warm-up steps)."""
+    engine = build_engine(name, args, num_classes=int(data["pid"].max()) + 1)
+    engine.set_model_mode("train")
+    for _ in range(args.warmup):
+        engine.forward_backward(data)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if args.device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        engine.forward_backward(data)
+    sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=20))
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set: VmHWM, which (unlike ru_maxrss) a child does not inherit from the
     process that started it; ru_maxrss where /proc is missing."""
@@ -159,6 +175,9 @@ def main(argv=None) -> None:
     if args.memory_of:
         measure([args.memory_of], args, data)
         print(peak_rss_mb())
+        return
+    if args.profile:
+        profile_step(args.profile, args, data)
         return
     raw = measure(args.models, args, data)
     if args.device == "cpu":

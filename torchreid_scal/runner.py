@@ -12,6 +12,7 @@ from typing import Optional, TextIO
 import torch
 import torchvision
 from torch import nn
+from torch.utils.data import DataLoader
 from yacs.config import CfgNode as CN
 
 from . import __version__, _torchreid, distributed
@@ -40,7 +41,13 @@ def build_datamanager(cfg: CN, device: torch.device):
     with checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
                           num_instances=cfg.sampler.num_instances if identity_sampling else None,
                           ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
-        return _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
+        datamanager = _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
+    loader = datamanager.train_loader
+    if loader.num_workers > 0:  # torchreid's loader starts its workers anew every epoch; keep them instead
+        datamanager.train_loader = DataLoader(loader.dataset, sampler=loader.sampler, batch_size=loader.batch_size,
+                                              num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                                              drop_last=loader.drop_last, persistent_workers=True)
+    return datamanager
 
 
 def build_model(cfg: CN, num_classes: int) -> nn.Module:
