@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -42,15 +42,15 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str) -> str:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same directory, flushed to disk,
-    then renamed over ``path``. A crash at any moment leaves either the old file or the new one."""
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
+    """Call ``write`` on a temporary file in ``path``'s directory, flush it to disk, then rename it over
+    ``path``. A crash at any moment leaves either the old file or the new one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(to_plain(dict(state)), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -64,6 +64,11 @@ def save_checkpoint(state: Mapping[str, Any], path: str) -> str:
     finally:
         os.close(dir_fd)
     return path
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str) -> str:
+    """Write ``state`` (in plain types) to ``path`` atomically."""
+    return write_atomically(path, lambda f: torch.save(to_plain(dict(state)), f))
 
 
 def load_checkpoint(path: str, map_location: Optional[str] = "cpu") -> Dict[str, Any]:
@@ -141,15 +146,6 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
-def _write_text_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class NonFiniteError(FloatingPointError):
     """Training produced a NaN or infinite value; the message names where."""
 
@@ -201,7 +197,7 @@ class SafeCheckpointing:
                 state[name] = entry
         directory = os.path.join(save_dir, "model")
         path = save_checkpoint(state, os.path.join(directory, f"{CHECKPOINT_PREFIX}{epoch + 1}"))
-        _write_text_atomically(os.path.join(directory, LATEST), os.path.basename(path) + "\n")
+        write_atomically(os.path.join(directory, LATEST), lambda f: f.write(f"{os.path.basename(path)}\n".encode()))
         if self.keep_last > 0:
             saved = sorted((int(f[len(CHECKPOINT_PREFIX):]), f) for f in os.listdir(directory)
                            if f.startswith(CHECKPOINT_PREFIX) and f[len(CHECKPOINT_PREFIX):].isdigit())
