@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, NamedTuple, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 
 class World(NamedTuple):
@@ -119,13 +119,3 @@ class DistributedIdentitySampler(Sampler):
     def __len__(self) -> int:
         return len(self._global_batches()) * self.ids_per_batch // self.world_size * self.num_instances
 
-
-def shard_train_loader(datamanager, batch_size: int, num_instances: int, seed: int) -> None:
-    """Replace the data manager's train loader by one that feeds this process its share of each batch."""
-    here = world()
-    loader = datamanager.train_loader
-    sampler = DistributedIdentitySampler(loader.dataset.train, batch_size, num_instances, here.rank, here.size, seed)
-    datamanager.train_loader = DataLoader(
-        loader.dataset, sampler=sampler, batch_size=batch_size // here.size, num_workers=loader.num_workers,
-        pin_memory=loader.pin_memory, drop_last=True, persistent_workers=loader.num_workers > 0,
-    )

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from .checkpoint import CheckpointError, load_checkpoint, state_dict_of
-from .runner import build_model
+from .checkpoint import load_checkpoint, state_dict_of
+from .runner import build_trained_model
 
 FORMATS = ("onnx", "torchscript")
 FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
@@ -24,18 +24,7 @@ ONNX_OPSET = 17
 
 def load_inference_model(cfg: CN, weights: str) -> nn.Module:
     """The configured model with ``weights`` (sized by the checkpoint's classifier), in eval mode on the CPU."""
-    state = state_dict_of(load_checkpoint(weights), source=weights)
-    classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 1
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.model.pretrained = False
-    model = build_model(cfg, classes)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{weights} does not fit {cfg.model.name} at {cfg.data.height}x{cfg.data.width}: "
-                              f"{str(err).splitlines()[0]}") from None
-    return model.eval()
+    return build_trained_model(cfg, state_dict_of(load_checkpoint(weights), source=weights), weights)
 
 
 def export(model: nn.Module, example: torch.Tensor, output: str, formats: Iterable[str] = FORMATS) -> Dict[str, str]:

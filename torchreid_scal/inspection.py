@@ -38,9 +38,9 @@ from .config import ConfigError
 from .critic_metrics import critic_summary, reliability_table
 from .datasets import DataError
 from .datasets.checks import read_image
-from .models import SCALResNet, StageCritics
+from .models import DEFAULT_CFGS, SCALResNet, StageCritics
 from .rewards import Rewards, compute_rewards
-from .runner import build_datamanager, build_model, select_device
+from .runner import build_datamanager, build_trained_model, select_device
 
 PANEL_WIDTH = 128
 IMAGE_HEIGHT = 256
@@ -105,21 +105,16 @@ def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, 
         raise CheckpointError(f"{weights} has no 'critic' entry: it was not written by the SCAL engine "
                               "(loss.name scal), so there are no critics to inspect")
     critic_state = state_dict_of(state["critic"], source=f"the 'critic' entry of {weights}")
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.model.pretrained = False
-    model = build_model(cfg, model_state["classifier.weight"].shape[0])
-    if len(getattr(model, "agents", ())) == 0:
+    if DEFAULT_CFGS.get(cfg.model.name, {}).get("attention") is None:
         raise ConfigError(f"model.name {cfg.model.name} has no attention agents: {weights} cannot be inspected "
                           "with it (use resnet50_scal, resnet50_scal_channel or resnet50_scal_spatial)")
+    model = build_trained_model(cfg, model_state, weights)
     critics = StageCritics(model.attention, model.stage_channels, list(cfg.scal.critic_stages))
-    for name, module, module_state in (("model", model, model_state), ("critics", critics, critic_state)):
-        try:
-            module.load_state_dict(module_state)
-        except RuntimeError as err:
-            raise CheckpointError(f"{weights} does not fit the configured {name} ({cfg.model.name}, "
-                                  f"{cfg.data.height}x{cfg.data.width}, scal.critic_stages "
-                                  f"{list(cfg.scal.critic_stages)}): {err}") from None
+    try:
+        critics.load_state_dict(critic_state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights} does not fit the configured critics ({model.attention} attention, "
+                              f"scal.critic_stages {list(cfg.scal.critic_stages)}): {err}") from None
     return model.to(device).eval(), critics.to(device).eval()
 
 
@@ -205,7 +200,7 @@ def inspect_images(model: SCALResNet, critics: StageCritics,
                 raise DataError(f"pids {int(pid.min())}..{int(pid.max())} are not classes of this "
                                 f"{out.logits.size(1)}-class classifier: rewards need the training identities "
                                 "of the checkpoint's dataset")
-            plain = model(imgs, return_stages=True, use_attention=False).logits
+            plain = model(imgs, return_stages=True, use_attention=False, stem=out.features[0]).logits
             rewards.append(torch.stack(compute_rewards(out.logits, plain, pid.to(device))).cpu())
         else:
             rewards.append(torch.full((3, size), float("nan")))

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Optional, TextIO
+from typing import Dict, Optional, TextIO
 
 import torch
 import torchvision
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from yacs.config import CfgNode as CN
 
 from . import __version__, _torchreid, distributed
-from .checkpoint import load_weights
+from .checkpoint import CheckpointError, load_weights
 from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
                      optimizer_kwargs)
 from .datasets import DATASETS, check_available, checked_datasets
@@ -34,7 +34,8 @@ def select_device(cfg: CN) -> torch.device:
 
 def build_datamanager(cfg: CN, device: torch.device):
     """torchreid's ``ImageDataManager``, after checking that every dataset is where torchreid will look, and
-    with the checks of :func:`checked_datasets` on the lists it builds."""
+    with the checks of :func:`checked_datasets` on the lists it builds. Its train loader keeps its workers
+    across epochs and, under torchrun, feeds this process its share of every P x K batch."""
     names = list(cfg.data.sources) + list(cfg.data.targets)
     check_available(cfg.data.root, names, generated=list(DATASETS))
     identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
@@ -43,10 +44,21 @@ def build_datamanager(cfg: CN, device: torch.device):
                           ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
         datamanager = _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
     loader = datamanager.train_loader
-    if loader.num_workers > 0:  # torchreid's loader starts its workers anew every epoch; keep them instead
-        datamanager.train_loader = DataLoader(loader.dataset, sampler=loader.sampler, batch_size=loader.batch_size,
+    sampler, batch_size = loader.sampler, loader.batch_size
+    here = distributed.world()
+    if here.size > 1:
+        if not identity_sampling:
+            raise ConfigError("distributed training shards P x K batches: "
+                              "set sampler.train_sampler RandomIdentitySampler")
+        sampler = distributed.DistributedIdentitySampler(loader.dataset.train, cfg.train.batch_size,
+                                                         cfg.sampler.num_instances, here.rank, here.size,
+                                                         cfg.train.seed)
+        batch_size //= here.size
+        print(f"Distributed: {here.size} processes, {batch_size} images each per step")
+    if here.size > 1 or loader.num_workers > 0:  # torchreid's loader starts its workers anew every epoch
+        datamanager.train_loader = DataLoader(loader.dataset, sampler=sampler, batch_size=batch_size,
                                               num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-                                              drop_last=loader.drop_last, persistent_workers=True)
+                                              drop_last=True, persistent_workers=loader.num_workers > 0)
     return datamanager
 
 
@@ -58,6 +70,22 @@ def build_model(cfg: CN, num_classes: int) -> nn.Module:
         factory = MODEL_FACTORIES[cfg.model.name]
         return factory(num_classes, loss=loss, pretrained=cfg.model.pretrained, **model_kwargs(cfg))
     return _torchreid.models.build_model(cfg.model.name, num_classes, loss=loss, pretrained=cfg.model.pretrained)
+
+
+def build_trained_model(cfg: CN, state: Dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The configured model with the trained weights ``state`` (read from ``source``), sized by their classifier
+    and without ImageNet weights, in eval mode; CheckpointError naming ``source`` when they do not fit."""
+    classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 1
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.model.pretrained = False
+    model = build_model(cfg, classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{source} does not fit {cfg.model.name} at {cfg.data.height}x{cfg.data.width}: "
+                              f"{str(err).splitlines()[0]}") from None
+    return model.eval()
 
 
 def build_scheduler(cfg: CN, optimizer: torch.optim.Optimizer, warmup: bool = True):
@@ -150,13 +178,6 @@ def _run(cfg: CN) -> None:
         torch.backends.cudnn.benchmark = True
 
     datamanager = build_datamanager(cfg, device)
-    here = distributed.world()
-    if here.size > 1:
-        if cfg.sampler.train_sampler != "RandomIdentitySampler":
-            raise ConfigError("distributed training shards P x K batches: "
-                              "set sampler.train_sampler RandomIdentitySampler")
-        distributed.shard_train_loader(datamanager, cfg.train.batch_size, cfg.sampler.num_instances, cfg.train.seed)
-        print(f"Distributed: {here.size} processes, {cfg.train.batch_size // here.size} images each per step")
     print(f"Building model: {cfg.model.name}")
     model = build_model(cfg, datamanager.num_train_pids)
     params, flops = _torchreid.utils.compute_model_complexity(model, (1, 3, cfg.data.height, cfg.data.width))
@@ -166,7 +187,7 @@ def _run(cfg: CN) -> None:
     elif cfg.test.evaluate:
         warnings.warn("test.evaluate is set but model.load_weights is empty: evaluating the model as initialised")
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
-    if here.size > 1:
+    if distributed.world().size > 1:
         model = distributed.wrap(model, device, sync_bn=cfg.train.sync_bn)
     elif device.type == "cuda" and torch.cuda.device_count() > 1:
         model = nn.DataParallel(model)
