@@ -68,15 +68,62 @@ def run_objectives(engine, pick):
 ZERO = torch.zeros(())
 
 
-def test_mse_alone_moves_only_the_critics():
-    changed = run_objectives(make_engine(), lambda e, l: (ZERO, l.mse))
+GROUNDING = [{}, {"critic_counterfactual": True, "critic_explore_std": 0.5}]
+
+
+@pytest.mark.parametrize("grounding", GROUNDING)
+def test_mse_alone_moves_only_the_critics(grounding):
+    changed = run_objectives(make_engine(**grounding), lambda e, l: (ZERO, l.mse))
     assert changed == {"critics"}
 
 
+@pytest.mark.parametrize("grounding", GROUNDING)
 @pytest.mark.parametrize("variant", ["resnet50_scal_channel", "resnet50_scal_spatial"])
-def test_critic_loss_alone_moves_only_the_agents(variant):
-    changed = run_objectives(make_engine(variant), lambda e, l: (e.critic_weight * l.critic, ZERO))
+def test_critic_loss_alone_moves_only_the_agents(variant, grounding):
+    changed = run_objectives(make_engine(variant, **grounding), lambda e, l: (e.critic_weight * l.critic, ZERO))
     assert changed == {"agents"}
+
+
+def test_counterfactual_regresses_the_all_ones_map_on_the_no_attention_reward(monkeypatch):
+    engine = make_engine(critic_counterfactual=True)
+    seen = {}
+    real = engine_module.compute_rewards
+
+    def recording(logits, plain_logits, labels):
+        seen.setdefault("calls", []).append((logits, plain_logits))
+        return real(logits, plain_logits, labels)
+
+    monkeypatch.setattr(engine_module, "compute_rewards", recording)
+    data = batch()
+    losses = engine.compute_losses(data["img"], data["pid"])
+    (att, plain), (first, second) = seen["calls"]
+    assert first is plain and second is att  # the second reward is the no-attention pass's own
+    own = real(plain, att, data["pid"]).total
+    with torch.no_grad():
+        out = engine.model(data["img"], return_stages=True)
+        ones = engine.critics([x.float() for x in out.features], [a.float() for a in out.maps], ones=True)
+    expected = torch.cat([(ones.values - losses.rewards.total).square(), (ones.ones_values - own).square()], 1)
+    assert torch.allclose(losses.mse, expected.mean(), atol=1e-6)
+
+
+def test_exploration_perturbs_the_training_maps_in_logit_space_only():
+    engine = make_engine(critic_explore_std=0.5)
+    a = torch.tensor([[0.01, 0.5, 0.99]])
+    noisy = engine.explore(0, a)
+    assert ((noisy > 0) & (noisy < 1)).all() and not torch.equal(noisy, a)
+    logit_shift = torch.special.logit(noisy) - torch.special.logit(a)
+    assert logit_shift.abs().max() < 5 * 0.5
+    data = batch()
+    torch.manual_seed(1)
+    first = engine.compute_losses(data["img"], data["pid"]).logits
+    torch.manual_seed(2)
+    second = engine.compute_losses(data["img"], data["pid"]).logits
+    assert not torch.allclose(first, second)
+    calm = make_engine()
+    torch.manual_seed(1)
+    first = calm.compute_losses(data["img"], data["pid"]).logits
+    torch.manual_seed(2)
+    assert torch.equal(first, calm.compute_losses(data["img"], data["pid"]).logits)
 
 
 def test_triplet_and_cross_entropy_move_network_but_not_critics():

@@ -132,6 +132,10 @@ def get_default_config() -> CN:
     cfg.scal.critic_lr = 1e-4
     cfg.scal.critic_warmup_epochs = 0
     cfg.scal.critic_stages = [0, 1, 2, 3, 4]
+    cfg.scal.critic_activation = "relu"  # hidden non-linearity of the critics: relu | leaky_relu | silu
+    cfg.scal.critic_counterfactual = False  # also regress the all-ones map on the no-attention pass's reward
+    cfg.scal.critic_explore_std = 0.0  # noise (logit space) on the agents' maps in training; 0 = deterministic
+    cfg.scal.diagnostic_images = 64  # held-out images scored by the critic diagnostics after each epoch (0 = off)
     return cfg
 
 
@@ -262,7 +266,7 @@ def validate(cfg: CN) -> None:
     _positive(cfg, "train.max_epoch", "train.start_epoch", "train.warmup_epochs", "scal.critic_warmup_epochs",
               "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
               "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",
-              allow_zero=True)
+              "scal.critic_explore_std", "scal.diagnostic_images", allow_zero=True)
     if any(r < 1 for r in cfg.test.ranks):
         raise ConfigError(f"config key test.ranks must hold ranks >= 1, got {list(cfg.test.ranks)}")
     if not 0 < cfg.train.warmup_factor <= 1:
@@ -280,6 +284,7 @@ def validate(cfg: CN) -> None:
         if not cfg.model.name.startswith("resnet50_scal"):
             raise ConfigError(f"loss.name scal needs an attention model (resnet50_scal, resnet50_scal_channel, "
                               f"resnet50_scal_spatial); model.name is {cfg.model.name!r}")
+        _choice("scal.critic_activation", cfg.scal.critic_activation, ["relu", "leaky_relu", "silu"])
         bad = [k for k in cfg.scal.critic_stages if not 0 <= k <= 4]
         if bad or not cfg.scal.critic_stages:
             raise ConfigError(f"config key scal.critic_stages must be a non-empty subset of [0, 1, 2, 3, 4], "

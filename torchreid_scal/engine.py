@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 
 from . import _torchreid, distributed
 from .checkpoint import NonFiniteError, SafeCheckpointing
+from .critic_diagnostics import diagnose_critics
 from .critic_metrics import critic_summary, pearson
 from .models import StageCritics
 from .precision import Precision
@@ -76,8 +77,10 @@ class EngineMixin(SafeCheckpointing):
         distributed.barrier()
         return rank1
 
-    def check_finite(self, summary: Dict[str, float]) -> None:
-        """Stop at the first NaN or infinite logged loss, naming the step and the term."""
+    def summarize(self, stats: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """The step's logged scalars as floats, fetched from the device in one transfer; stops at the first
+        NaN or infinite one, naming the step and the term."""
+        summary = dict(zip(stats, torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()))
         bad = {k: v for k, v in summary.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteError(
@@ -85,6 +88,7 @@ class EngineMixin(SafeCheckpointing):
                 + ", ".join(f"{k} = {v}" for k, v in bad.items())
                 + "; training stopped (lower train.lr or check the data); no checkpoint of this state was written"
             )
+        return summary
 
     def _images(self, imgs: torch.Tensor) -> torch.Tensor:
         return imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -97,11 +101,18 @@ class EngineMixin(SafeCheckpointing):
         imgs, pids, camids = super().parse_data_for_eval(data)
         return self._images(imgs), pids, camids
 
-    def forward_backward(self, data):
-        with self.precision.autocast():
-            summary = super().forward_backward(data)
-        self.check_finite(summary)
-        return summary
+    def compute_loss(self, criterion, outputs, targets):
+        """torchreid's loss on float32 outputs, outside autocast: in bf16 the triplet loss's distances
+        (``|a|^2 + |b|^2 - 2ab``) are off by more than the margin, and pick wrong hardest negatives."""
+        with torch.autocast(self.device.type, enabled=False):
+            return super().compute_loss(criterion, _float(outputs), targets)
+
+    def update(self, objective: torch.Tensor) -> None:
+        """Zero the gradients of every registered optimizer, backward (scaled for float16), step them all."""
+        optimizers = [self._optims[name] for name in self.get_model_names() if self._optims[name] is not None]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.precision.backward_step(objective, optimizers)
 
     def extract_features(self, input: torch.Tensor) -> torch.Tensor:
         with self.test_precision.autocast():
@@ -114,11 +125,47 @@ class EngineMixin(SafeCheckpointing):
 
 
 class ImageSoftmaxEngine(EngineMixin, _torchreid.engine.ImageSoftmaxEngine):
-    """torchreid's softmax engine with this package's additions (:class:`EngineMixin`)."""
+    """torchreid's softmax engine with this package's additions (:class:`EngineMixin`); its step is torchreid's
+    with the forward in mixed precision and the loss in float32."""
+
+    def forward_backward(self, data: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        imgs, pids = self.parse_data_for_train(data)
+        with self.precision.autocast():
+            logits = self.model(imgs)
+        loss = self.compute_loss(self.criterion, logits, pids)
+        self.update(loss)
+        return self.summarize({"loss": loss.detach(), "acc": _accuracy(logits, pids)})
 
 
 class ImageTripletEngine(EngineMixin, _torchreid.engine.ImageTripletEngine):
-    """torchreid's triplet engine with this package's additions (:class:`EngineMixin`)."""
+    """torchreid's triplet engine with this package's additions (:class:`EngineMixin`); its step is torchreid's
+    with the forward in mixed precision and the losses in float32."""
+
+    def forward_backward(self, data: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        imgs, pids = self.parse_data_for_train(data)
+        with self.precision.autocast():
+            logits, features = self.model(imgs)
+        objective, stats = torch.zeros((), device=imgs.device), {}
+        if self.weight_t > 0:
+            stats["loss_t"] = self.compute_loss(self.criterion_t, features, pids)
+            objective = objective + self.weight_t * stats["loss_t"]
+        if self.weight_x > 0:
+            stats["loss_x"] = self.compute_loss(self.criterion_x, logits, pids)
+            objective = objective + self.weight_x * stats["loss_x"]
+            stats["acc"] = _accuracy(logits, pids)
+        self.update(objective)
+        return self.summarize({k: v.detach() for k, v in stats.items()})
+
+
+def _float(outputs):
+    """Network outputs (a tensor, or torchreid's list/tuple of them) in float32."""
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(o.float() for o in outputs)
+    return outputs.float()
+
+
+def _accuracy(logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+    return _torchreid.metrics.accuracy(logits.detach().float(), pids)[0]
 
 
 class SCALLosses(NamedTuple):
@@ -140,11 +187,16 @@ class ImageSCALEngine(ImageTripletEngine):
 
     Takes the triplet engine's arguments plus the critic's: ``critic_weight`` (``w_c``), its optimizer
     and scheduler (or ``critic_optim``/``critic_lr`` to build an optimizer with torchreid's builder),
-    ``critic_warmup_epochs`` (the agents follow the critic from that epoch on) and ``critic_stages``;
-    ``critics`` may be given ready-made (with an optimizer and scheduler built on them). ``engine_options``
-    are :class:`EngineMixin`'s (``amp``, ``test_amp``, ``channels_last``, ``checkpoint_freq``, ``keep_last``).
-    The critics are registered as ``'critic'``: torchreid switches their mode, steps their scheduler
-    each epoch, and they are checkpointed with the model.
+    ``critic_warmup_epochs`` (the agents follow the critic from that epoch on), ``critic_stages`` and
+    ``critic_activation``; ``critics`` may be given ready-made (with an optimizer and scheduler built on them).
+    How the critics learn ``dV/dA``: ``critic_counterfactual`` also regresses each image's all-ones map (no
+    attention) on the reward of the no-attention pass, and ``critic_explore_std`` perturbs the agents' maps of
+    the training pass in logit space (a behaviour policy around the agents', as in deterministic actor-critic
+    methods), so that the critics see, for similar features, maps that differ and rewards that follow.
+    ``diagnostic_batch`` (images, pids) are labelled images scored by :func:`diagnose_critics` after every
+    epoch. ``engine_options`` are :class:`EngineMixin`'s (``amp``, ``test_amp``, ``channels_last``,
+    ``checkpoint_freq``, ``keep_last``). The critics are registered as ``'critic'``: torchreid switches
+    their mode, steps their scheduler each epoch, and they are checkpointed with the model.
     """
 
     def __init__(
@@ -165,7 +217,11 @@ class ImageSCALEngine(ImageTripletEngine):
         critic_lr: float = 1e-4,
         critic_warmup_epochs: int = 0,
         critic_stages: Sequence[int] = (0, 1, 2, 3, 4),
+        critic_activation: str = "relu",
+        critic_counterfactual: bool = False,
+        critic_explore_std: float = 0.0,
         critics: Optional[StageCritics] = None,
+        diagnostic_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
         **engine_options,
     ) -> None:
         super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t, weight_x=weight_x,
@@ -177,7 +233,8 @@ class ImageSCALEngine(ImageTripletEngine):
                 "without agents; train resnet50_bnneck with loss.name 'triplet' instead"
             )
         if critics is None:
-            critics = StageCritics(net.attention, net.stage_channels, critic_stages).to(self.device)
+            critics = StageCritics(net.attention, net.stage_channels, critic_stages,
+                                   activation=critic_activation).to(self.device)
         critics = distributed.wrap(critics, self.device)
         if critic_optimizer is None:
             critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=critic_optim, lr=critic_lr,
@@ -187,6 +244,9 @@ class ImageSCALEngine(ImageTripletEngine):
         self.critic_scheduler = critic_scheduler
         self.critic_weight = critic_weight
         self.critic_warmup_epochs = critic_warmup_epochs
+        self.counterfactual = critic_counterfactual
+        self.explore_std = critic_explore_std
+        self.diagnostic_batch = diagnostic_batch
         self.register_model("critic", critics, critic_optimizer, critic_scheduler)
         self._epoch_record: List[torch.Tensor] = []
 
@@ -200,56 +260,81 @@ class ImageSCALEngine(ImageTripletEngine):
         """Whether the agents follow the critic (J_cri) in the current epoch."""
         return self.epoch >= self.critic_warmup_epochs
 
+    def explore(self, k: int, a: torch.Tensor) -> torch.Tensor:
+        """The behaviour policy's map: the agent's ``a`` moved by Gaussian noise of ``explore_std`` in logit
+        space (so it stays in (0, 1)); gradients reach the agent through ``a``."""
+        logit = torch.special.logit(a.float(), eps=1e-6)
+        return torch.sigmoid(logit + self.explore_std * torch.randn_like(logit)).to(a.dtype)
+
     def compute_losses(self, imgs: torch.Tensor, pids: torch.Tensor) -> SCALLosses:
-        """Every SCAL quantity of one batch; the gradient routing of the four losses lives here."""
-        out = self.model(imgs, return_stages=True)
-        with torch.no_grad():  # the same weights without attention, from the shared stem output X_0
-            stem = out.features[0].detach()
-            plain_logits = self.model(imgs, return_stages=True, use_attention=False, stem=stem).logits
-        rewards = compute_rewards(out.logits, plain_logits, pids)
+        """Every SCAL quantity of one batch; the gradient routing of the four losses lives here.
+
+        The network's two passes run in mixed precision when it is enabled; rewards, critics and losses in
+        float32."""
+        with self.precision.autocast():
+            out = self.model(imgs, return_stages=True, map_fn=self.explore if self.explore_std > 0 else None)
+            with torch.no_grad():  # the same weights without attention, from the shared stem output X_0
+                stem = out.features[0].detach()
+                plain_logits = self.model(imgs, return_stages=True, use_attention=False, stem=stem).logits
+        logits = out.logits.float()
+        rewards = compute_rewards(logits, plain_logits, pids)
 
         # J_tri, J_cls → backbone, agents and head (torchreid's criteria, as its triplet engine computes them).
         loss_t = self.compute_loss(self.criterion_t, out.feature, pids)
-        loss_x = self.compute_loss(self.criterion_x, out.logits, pids)
+        loss_x = self.compute_loss(self.criterion_x, logits, pids)
 
-        # J_mse → critics only: their inputs X_k, A_k are cut from the network's graph.
+        # J_mse → critics only: their inputs X_k, A_k are cut from the network's graph. With the counterfactual,
+        # the all-ones map of the same features is regressed on the no-attention pass's reward too.
         # J_cri → agents only: A'_k = agent_k(X_k.detach()) keeps the backbone out, and the critics score A'_k
         # with their weights held fixed, so that J_cri cannot move them (only after the critic warm-up).
-        features = [x.detach() for x in out.features]
-        maps = [a.detach() for a in out.maps]
+        features = [x.detach().float() for x in out.features]
+        maps = [a.detach().float() for a in out.maps]
         agent_maps = [agent(x) for agent, x in zip(self.network.agents, features)] if self.critic_active else None
-        values, agent_values = self.critics(features, maps, agent_maps)
-        values = values.float()
-        loss_mse = (values - rewards.total).square().mean()
-        if agent_values is not None:
-            loss_cri = -agent_values.float().mean()
+        scored = self.critics(features, maps, agent_maps, ones=self.counterfactual)
+        errors = (scored.values - rewards.total).square()
+        if scored.ones_values is not None:
+            plain_rewards = compute_rewards(plain_logits, logits, pids)  # the no-attention pass's own reward
+            errors = torch.cat([errors, (scored.ones_values - plain_rewards.total).square()], dim=1)
+        loss_mse = errors.mean()
+        if scored.agent_values is not None:
+            loss_cri = -scored.agent_values.mean()
         else:
-            loss_cri = -values.detach().mean()  # reported during the warm-up, not optimised
+            loss_cri = -scored.values.detach().mean()  # reported during the warm-up, not optimised
 
         model_objective = self.weight_t * loss_t + self.weight_x * loss_x
         if self.critic_active:
             model_objective = model_objective + self.critic_weight * loss_cri
-        return SCALLosses(loss_t, loss_x, loss_cri, loss_mse, model_objective, loss_mse, rewards, values, out.logits)
+        return SCALLosses(loss_t, loss_x, loss_cri, loss_mse, model_objective, loss_mse, rewards, scored.values,
+                          logits)
 
     def step(self, model_objective: torch.Tensor, critic_objective: torch.Tensor) -> None:
         """One backward through both objectives (their graphs share no parameter), then both optimizers."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        self.precision.backward_step(model_objective + critic_objective, [self.optimizer, self.critic_optimizer])
+        self.update(model_objective + critic_objective)
 
     def forward_backward(self, data: Dict[str, torch.Tensor]) -> Dict[str, float]:
         imgs, pids = self.parse_data_for_train(data)
-        with self.precision.autocast():
-            losses = self.compute_losses(imgs, pids)
+        losses = self.compute_losses(imgs, pids)
         self.step(losses.model_objective, losses.critic_objective)
         self._epoch_record.append(torch.cat([losses.values.detach(), torch.stack(losses.rewards)]))
-        summary = self.summarize(losses, pids)
-        self.check_finite(summary)
-        return summary
+        value = losses.values.detach().mean(dim=0)
+        rewards = losses.rewards
+        return self.summarize({
+            "loss_t": losses.triplet.detach(),
+            "loss_x": losses.classification.detach(),
+            "loss_cri": losses.critic.detach(),
+            "loss_mse": losses.mse.detach(),
+            "acc": _accuracy(losses.logits, pids),
+            "reward": rewards.total.mean(),
+            "reward_c": rewards.classification.mean(),
+            "reward_a": rewards.amelioration.mean(),
+            "critic_value": value.mean(),
+            "critic_corr": pearson(value, rewards.total),
+        })
 
     def train(self, *args, **kwargs) -> None:
-        """torchreid's epoch, then the critics' statistics over all of the epoch's images, printed and
-        written to TensorBoard as ``Epoch/<name>``."""
+        """torchreid's epoch, then the critics' statistics: over all of the epoch's images (how well they
+        predict the reward) and, on rank 0, on the ``diagnostic_batch`` (:func:`diagnose_critics`: what their
+        gradient is worth to the agents); printed and written to TensorBoard as ``Epoch/<name>``."""
         self._epoch_record = []
         super().train(*args, **kwargs)
         if not self._epoch_record:
@@ -257,26 +342,12 @@ class ImageSCALEngine(ImageTripletEngine):
         record = torch.cat(self._epoch_record, dim=1)
         values, (reward_c, reward_a, reward) = record[:-3], record[-3:]
         stats = critic_summary(values, reward, reward_c, reward_a, self.critic_net.stages)
+        if self.diagnostic_batch is not None and distributed.world().is_main:
+            images, pids = self.diagnostic_batch
+            stats.update(diagnose_critics(self.network, self.critic_net, self._images(images),
+                                          pids.to(self.device)))
         print(f"epoch {self.epoch + 1} critic: " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()
                                                              if "stage" not in k))
         if self.writer is not None:
             for key, value in stats.items():
                 self.writer.add_scalar(f"Epoch/{key}", value, self.epoch + 1)
-
-    def summarize(self, losses: SCALLosses, pids: torch.Tensor) -> Dict[str, float]:
-        """The logged scalars, fetched from the device in one transfer."""
-        value = losses.values.detach().mean(dim=0)
-        rewards = losses.rewards
-        stats = {
-            "loss_t": losses.triplet.detach(),
-            "loss_x": losses.classification.detach(),
-            "loss_cri": losses.critic.detach(),
-            "loss_mse": losses.mse.detach(),
-            "acc": _torchreid.metrics.accuracy(losses.logits.detach(), pids)[0],
-            "reward": rewards.total.mean(),
-            "reward_c": rewards.classification.mean(),
-            "reward_a": rewards.amelioration.mean(),
-            "critic_value": value.mean(),
-            "critic_corr": pearson(value, rewards.total),
-        }
-        return dict(zip(stats, torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()))

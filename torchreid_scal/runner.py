@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError, load_weights
 from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
                      optimizer_kwargs)
 from .datasets import DATASETS, check_available, checked_datasets
+from .datasets.splits import diagnostic_dataset, fixed_batch
 from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
 from .models import MODEL_FACTORIES, StageCritics
 
@@ -113,13 +114,17 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, d
     if cfg.loss.name == "triplet":
         return ImageTripletEngine(datamanager, model, optimizer, **triplet)
     net = getattr(model, "module", model)
-    critics = StageCritics(net.attention, net.stage_channels, list(cfg.scal.critic_stages)).to(device)
+    critics = StageCritics(net.attention, net.stage_channels, list(cfg.scal.critic_stages),
+                           activation=cfg.scal.critic_activation).to(device)
     critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=cfg.scal.critic_optim, lr=cfg.scal.critic_lr,
                                                         weight_decay=0.0)
     return ImageSCALEngine(
         datamanager, model, optimizer, **triplet, critic_weight=cfg.scal.critic_weight, critics=critics,
         critic_optimizer=critic_optimizer, critic_scheduler=build_scheduler(cfg, critic_optimizer, warmup=False),
-        critic_warmup_epochs=cfg.scal.critic_warmup_epochs,
+        critic_warmup_epochs=cfg.scal.critic_warmup_epochs, critic_counterfactual=cfg.scal.critic_counterfactual,
+        critic_explore_std=cfg.scal.critic_explore_std,
+        diagnostic_batch=(fixed_batch(diagnostic_dataset(datamanager), cfg.scal.diagnostic_images)
+                          if cfg.scal.diagnostic_images else None),
     )
 
 

@@ -21,6 +21,7 @@ FEATURE_DIM = STAGE_CHANNELS[-1]
 LOSSES = ("softmax", "triplet")
 TEST_FEATURES = ("bn", "pool")
 ATTENTIONS = (None, "channel", "spatial")
+MapFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class SCALOutput(NamedTuple):
@@ -145,8 +146,8 @@ class SCALResNet(nn.Module):
                 "build the model with the matching height/width"
             )
 
-    def _run(self, x: torch.Tensor, use_attention: bool, keep_stages: bool, stem: Optional[torch.Tensor]
-             ) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
+    def _run(self, x: torch.Tensor, use_attention: bool, keep_stages: bool, stem: Optional[torch.Tensor],
+             map_fn: Optional[MapFn]) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
         features: List[torch.Tensor] = []
         maps: List[torch.Tensor] = []
         attend = use_attention and len(self.agents) > 0
@@ -158,6 +159,8 @@ class SCALResNet(nn.Module):
                 features.append(h)
             if attend:
                 a = self.agents[k](h)
+                if map_fn is not None:
+                    a = map_fn(k, a)
                 h = h.mul_(a) if in_place else h * a
                 if keep_stages:
                     maps.append(a)
@@ -170,13 +173,16 @@ class SCALResNet(nn.Module):
         return_stages: bool = False,
         use_attention: bool = True,
         stem: Optional[torch.Tensor] = None,
+        map_fn: Optional[MapFn] = None,
     ):
         """``stem``: the stem's output for these same images (``X_0`` of an earlier pass), to skip recomputing
-        it; the stem precedes every agent, so it is identical with and without attention."""
+        it; the stem precedes every agent, so it is identical with and without attention. ``map_fn(k, A_k)``
+        returns the map that stage ``k`` applies instead of its agent's ``A_k`` (e.g. a perturbed map, or a
+        leaf tensor to differentiate with respect to); the returned ``maps`` are the applied ones."""
         self._check_size(x)
         bn_guard = frozen_bn_stats(self) if (self.training and not use_attention) else contextlib.nullcontext()
         with bn_guard:
-            features, maps, last = self._run(x, use_attention, return_stages, stem)
+            features, maps, last = self._run(x, use_attention, return_stages, stem, map_fn)
             if return_featuremaps and not return_stages:
                 return last
             pooled = self.global_avgpool(last).flatten(1)

@@ -1,0 +1,111 @@
+"""What a critic's signal is worth to the agents, measured per stage on a fixed batch of labelled images.
+
+The agents learn from a critic only through ``dV_k/dA_k`` (J_cri's gradient), so a critic is judged here by
+that gradient, not only by how well ``V`` tracks the reward:
+
+- ``alignment_stage{k}``: the cosine between ``dV_k/dA_k`` and ``d log p_true/dA_k`` (the attention
+  network's log-probability of the true class, differentiated by autograd with respect to the same map, the
+  later agents reacting as they do in the network), averaged over images. Positive: moving the map the way
+  the critic says raises the true class's probability. A random direction scores about 0; a critic whose
+  gradient is exactly 0 scores 0.
+- ``agreement_stage{k}``: how often the critic orders the agents' map and the all-ones map (no attention) of
+  the same features ``X_k`` the way ``R_a`` orders the two networks (attention helped or not); equal values
+  count as disagreement.
+- ``critic_heldout_corr``: the correlation of the stage-mean critic value with the reward ``R`` of these images (the
+  rewards computed in eval mode), to compare with the training images' ``critic_reward_corr``.
+- ``alive_stage{k}``: the share of the critic's hidden units whose pre-activation is positive for at least
+  one image (a ReLU unit that is never positive is dead: it passes no gradient at all).
+
+The network runs as in training (BatchNorm on the batch's statistics, running statistics untouched): in
+eval mode the no-attention pass would be normalised with statistics gathered with attention, which makes
+attention look helpful on nearly every image and ``R_a`` meaningless. The numbers depend only on the weights
+and the batch; the critics run in eval mode.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from .critic_metrics import pearson
+from .models import SCALResNet, StageCritics
+from .models.scal_resnet import frozen_bn_stats
+from .rewards import compute_rewards
+
+_EPS = 1e-12
+
+
+def _true_class_log_prob_grads(model: SCALResNet, images: torch.Tensor, pids: torch.Tensor):
+    """One pass and ``d sum_i log p_true(i) / dA_k`` for every stage k, in one backward.
+
+    Each applied map is ``A_k + delta_k`` with a zero leaf ``delta_k``: the gradient with respect to
+    ``delta_k`` is the total derivative with respect to ``A_k``, the later agents reacting to the change as
+    they do in the network. Image i's log-probability depends on the other images' maps only through the
+    batch statistics of BatchNorm, so the summed gradient is, up to that coupling, the per-image gradient."""
+    deltas: List[torch.Tensor] = []
+
+    def shifted(k: int, a: torch.Tensor) -> torch.Tensor:
+        deltas.append(torch.zeros_like(a, requires_grad=True))
+        return a + deltas[-1]
+
+    with torch.enable_grad():
+        out = model(images, return_stages=True, map_fn=shifted)
+        log_p = out.logits.float().log_softmax(dim=1).gather(1, pids.view(-1, 1)).sum()
+        grads = torch.autograd.grad(log_p, deltas)
+    return out, [g.detach() for g in grads]
+
+
+def _value_grad(critic: torch.nn.Module, features: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``dV/dA`` of one stage's critic at ``(features, a)``, per image (values are per image)."""
+    with torch.enable_grad():
+        a = a.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(features, a).float().sum(), a)
+    return grad
+
+
+def _alive_share(critic: torch.nn.Module, features: torch.Tensor, a: torch.Tensor) -> float:
+    """Share of hidden units positive somewhere on this batch (NaN for a critic without ``hidden``)."""
+    if not hasattr(critic, "hidden"):
+        return float("nan")
+    pre = critic.hidden(critic.encode(features), a).float()
+    positive = (pre > 0).transpose(0, 1).flatten(1).any(dim=1)
+    return float(positive.float().mean())
+
+
+@torch.no_grad()
+def diagnose_critics(model: SCALResNet, critics: StageCritics, images: torch.Tensor,
+                     pids: torch.Tensor) -> Dict[str, float]:
+    """``alignment``, ``agreement`` and ``alive`` per critic stage (``<name>_stage{k}``), their means over the
+    stages (``critic_<name>``) and ``critic_heldout_corr``, on ``images`` whose ``pids`` are classifier classes.
+    Restores the train/eval mode of both modules."""
+    modes = model.training, critics.training
+    model.train()
+    critics.eval()
+    try:
+        with frozen_bn_stats(model):
+            out, targets = _true_class_log_prob_grads(model, images, pids)
+            plain = model(images, return_stages=True, use_attention=False, stem=out.features[0]).logits
+        rewards = compute_rewards(out.logits, plain, pids)
+        helped = rewards.amelioration.bool()
+        stats: Dict[str, float] = {}
+        values = []
+        for k in critics.stages:
+            critic = critics.critics[str(k)]
+            x, a = out.features[k].detach(), out.maps[k].detach()  # A_k + 0
+            grad = _value_grad(critic, x, a)
+            cosine = F.cosine_similarity(grad.flatten(1).float(), targets[k].flatten(1).float(), dim=1, eps=_EPS)
+            with_map, without = critic(x, a).float(), critic(x, torch.ones_like(a)).float()
+            values.append(with_map)
+            agree = ((with_map > without) & helped) | ((with_map < without) & ~helped)
+            stats[f"alignment_stage{k}"] = float(cosine.mean())
+            stats[f"agreement_stage{k}"] = float(agree.float().mean())
+            stats[f"alive_stage{k}"] = _alive_share(critic, x, a)
+        stats["critic_heldout_corr"] = float(pearson(torch.stack(values).mean(dim=0), rewards.total))
+    finally:
+        model.train(modes[0])
+        critics.train(modes[1])
+    for name in ("alignment", "agreement", "alive"):
+        per_stage = [stats[f"{name}_stage{k}"] for k in critics.stages]
+        stats[f"critic_{name}"] = sum(per_stage) / len(per_stage)
+    return stats
