@@ -1,61 +1,22 @@
-"""torchreid_scal.inspection: loading model and critics, the per-image pass, overlays, summary and curves."""
+"""torchreid_scal.inspection: loading model and critics, the per-image pass, summary and event scalars."""
 from __future__ import annotations
 
-import json
 import math
-import os
-from types import SimpleNamespace
 
-import cv2
-import numpy as np
 import pytest
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
-from conftest import HEIGHT, WIDTH
-from torchreid_scal import _torchreid
+from conftest import CPU, DEMO, EPOCH_SCALARS, HEIGHT, WIDTH
 from torchreid_scal.checkpoint import CheckpointError
 from torchreid_scal.config import ConfigError, load_config
 from torchreid_scal.critic_metrics import critic_summary, reliability_table
 from torchreid_scal.datasets import DataError
+from torchreid_scal.datasets.splits import make_loader, split_dataset
 from torchreid_scal.inspection import (
-    GRID_SPACING, PANEL_HEIGHT, PANEL_WIDTH, REWARD_KEYS, Inspection, activation_maps, actmap_grid,
-    attention_report, heat_map, heat_overlay, inspect_images, load_scal, make_loader, plot_training_curves,
-    read_epoch_scalars, render_row, split_dataset, summarize, to_rgb,
+    REWARD_KEYS, Inspection, activation_maps, attended_ratio, inspect_images, load_scal, read_epoch_scalars, summarize,
 )
 from torchreid_scal.models import StageCritics, create_model, stage_sizes
 from torchreid_scal.rewards import Rewards, compute_rewards
-from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler
-
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-DEMO = os.path.join(REPO, "configs", "scal_demo.yaml")
-CPU = torch.device("cpu")
-EPOCH_SCALARS = ("mean_reward", "classification_rate", "attention_helped_rate", "critic_mse", "critic_reward_corr")
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A SCAL checkpoint of the demo config after one training step at 64x32, saved by the engine, with
-    ``Epoch/*`` TensorBoard scalars beside it. Built once per module, directly (tools/main.py takes minutes
-    on a busy CPU); the generated dataset is shared by the modules of a session."""
-    root = tmp_path_factory.getbasetemp() / "reid-data"
-    save_dir = str(tmp_path_factory.mktemp("run"))
-    opts = ["data.root", str(root), "data.height", str(HEIGHT), "data.width", str(WIDTH), "data.workers", "0"]
-    train_cfg = load_config(DEMO, opts + ["data.save_dir", save_dir, "train.batch_size", "8",
-                                          "sampler.num_instances", "2"])
-    datamanager = build_datamanager(train_cfg, CPU)
-    model = build_model(train_cfg, datamanager.num_train_pids)
-    optimizer = _torchreid.optim.build_optimizer(model, optim="adam", lr=3e-4)
-    engine = build_engine(train_cfg, datamanager, model, optimizer, build_scheduler(train_cfg, optimizer), CPU)
-    engine.forward_backward(next(iter(datamanager.train_loader)))
-    weights = engine.save_model(0, 0.0, save_dir)
-    with SummaryWriter(save_dir) as writer:
-        for epoch in (1, 2, 3):
-            for name in EPOCH_SCALARS:
-                writer.add_scalar(f"Epoch/{name}", 0.1 * epoch, epoch)
-    return SimpleNamespace(opts=opts, cfg=load_config(DEMO, opts), weights=weights, save_dir=save_dir,
-                           datamanager=datamanager)
-
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
@@ -105,10 +66,10 @@ def test_inspect_matches_a_direct_pass(trained_run, loaded):
     assert all(torch.equal(mine, theirs) for mine, theirs in zip(ins.rewards, rewards))
     assert torch.equal(ins.pids, pids) and ins.paths == [it["impath"] for it in items]
     assert torch.allclose(ins.images, imgs)
-    assert ins.attention == "channel" and len(ins.maps) == len(ins.plain_maps) == 5
+    assert ins.attention == "channel" and len(ins.maps) == len(ins.weights) == 5
     for k, (x, a) in enumerate(zip(out.features, out.maps)):
-        assert torch.allclose(ins.maps[k], (x * a).mean(dim=1), atol=1e-5)
-        assert torch.allclose(ins.plain_maps[k], x.mean(dim=1), atol=1e-5)
+        assert torch.allclose(ins.maps[k], (x * a).sum(dim=1) / x.abs().sum(dim=1), atol=1e-5)
+        assert torch.allclose(ins.weights[k], a.flatten(1))
 
     bare = inspect_images(model, critics, list(imgs), keep_maps=False, batch_size=4)
     assert torch.allclose(bare.values, values, atol=1e-5)
@@ -121,22 +82,23 @@ def test_inspect_refuses_pids_that_are_not_classes(trained_run, loaded):
         inspect_images(*loaded, make_loader(trained_run.cfg, query, range(2)), pids_are_classes=True)
 
 
-def test_rows_have_one_fixed_size_panel_per_map(trained_run, loaded):
-    query = split_dataset(trained_run.datamanager, "query")
-    ins = inspect_images(*loaded, make_loader(trained_run.cfg, query, range(2)))
-    row = render_row(ins, 1, *norm(trained_run.cfg))
-    assert row.shape == (PANEL_HEIGHT, (1 + 2 * 5) * PANEL_WIDTH, 3) and row.dtype == np.uint8
-
+def test_spatial_inspection_keeps_each_stage_map():
     spatial = create_model("resnet50_scal_spatial", 5, pretrained=False, height=HEIGHT, width=WIDTH).eval()
     critics = StageCritics("spatial", spatial.stage_channels, [1, 3])
     images = torch.randn(2, 3, HEIGHT, WIDTH)
     sins = inspect_images(spatial, critics, images)
     with torch.no_grad():
         maps = spatial(images, return_stages=True).maps
-    assert sins.plain_maps is None and sins.values.shape == (2, 2)
+    assert sins.weights is None and sins.values.shape == (2, 2)
     assert [tuple(m.shape[1:]) for m in sins.maps] == stage_sizes(HEIGHT, WIDTH)
     assert all(torch.allclose(mine, a[:, 0]) for mine, a in zip(sins.maps, maps))
-    assert render_row(sins, 0, *norm(trained_run.cfg)).shape == (PANEL_HEIGHT, 6 * PANEL_WIDTH, 3)
+
+
+def test_attended_ratio_is_the_activation_weighted_channel_weight():
+    x = torch.tensor([[[[1.0]], [[3.0]]]])  # one position, two channels
+    a = torch.tensor([[[[0.2]], [[0.6]]]])
+    assert attended_ratio(x, a).item() == pytest.approx((0.2 * 1 + 0.6 * 3) / 4)
+    assert attended_ratio(torch.zeros(1, 2, 1, 1), a).item() == 0.0
 
 
 def test_activation_maps_follow_torchreid(trained_run, loaded, images):
@@ -145,21 +107,6 @@ def test_activation_maps_follow_torchreid(trained_run, loaded, images):
     with torch.no_grad():
         energy = model(images, return_stages=True).featuremaps.square().sum(1)
     assert torch.allclose(maps, energy / energy.flatten(1).norm(dim=1).view(-1, 1, 1), atol=1e-6)
-    grid = actmap_grid(to_rgb(images[0], *norm(trained_run.cfg)), maps[0])
-    assert grid.shape == (HEIGHT, 3 * WIDTH + 2 * GRID_SPACING, 3)
-
-
-def test_heat_map_is_hot_where_the_map_is_high():
-    values = np.zeros((4, 2), np.float32)
-    values[0, 0] = 1.0
-    heat = heat_map(values, (HEIGHT, WIDTH))
-    assert heat.shape == (HEIGHT, WIDTH, 3) and heat.dtype == np.uint8
-    assert heat[0, 0, 0] > heat[0, 0, 2] and heat[-1, -1, 2] > heat[-1, -1, 0]  # RGB: red top left, blue elsewhere
-    grey = np.full((HEIGHT, WIDTH, 3), 100, np.uint8)
-    assert np.abs(heat_overlay(grey, values) - (0.3 * grey + 0.7 * heat)).max() <= 1
-    mean, std = [0.5, 0.4, 0.3], [0.2, 0.2, 0.2]
-    image = (torch.full((3, 2, 2), 0.5) - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    assert (to_rgb(image, mean, std) == 127).all()
 
 
 def test_summary_uses_only_images_with_a_reward():
@@ -181,23 +128,9 @@ def test_summary_uses_only_images_with_a_reward():
     assert unknown["mean_critic_value"] == pytest.approx(1.5)
 
 
-def test_training_curves_from_event_files(trained_run, tmp_path):
+def test_epoch_scalars_from_event_files(trained_run, tmp_path):
     scalars = read_epoch_scalars(trained_run.save_dir)
     assert set(scalars) == set(EPOCH_SCALARS)
     assert [epoch for epoch, _ in scalars["critic_mse"]] == [1, 2, 3]
     assert [v for _, v in scalars["mean_reward"]] == pytest.approx([0.1, 0.2, 0.3])
-    assert plot_training_curves(scalars, str(tmp_path / "curves.png"))
-    assert cv2.imread(str(tmp_path / "curves.png")) is not None
-    assert read_epoch_scalars(str(tmp_path)) == {} and not plot_training_curves({}, str(tmp_path / "none.png"))
-
-
-def test_report_on_the_query_split_has_no_rewards(trained_run, tmp_path):
-    report = attention_report(trained_run.cfg, trained_run.weights, str(tmp_path), split="query", examples=1,
-                              events=str(tmp_path))
-    assert report["num_images"] == 50 and report["num_rewarded"] == 0
-    assert all(report[key] is None for key in REWARD_KEYS) and report["reliability"] is None
-    assert report["training_curves"] is None and not os.path.exists(tmp_path / "training_curves.png")
-    assert json.loads((tmp_path / "report.json").read_text()) == report
-    page = (tmp_path / "report.html").read_text()
-    assert "Rewards are undefined on this split" in page and "No Epoch/* TensorBoard scalars" in page
-    assert report["best"][0]["reward"] is None and os.path.isfile(tmp_path / report["worst"][0]["png"])
+    assert read_epoch_scalars(str(tmp_path)) == {}

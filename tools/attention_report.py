@@ -19,7 +19,8 @@ import sys
 
 from torchreid_scal.cli import run_tool
 from torchreid_scal.config import load_config
-from torchreid_scal.inspection import SPLITS, attention_report
+from torchreid_scal.datasets.splits import SPLITS
+from torchreid_scal.report import attention_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", choices=SPLITS, default="train",
                         help="images to inspect (default: train; heldout: scal_demo's unseen images of training ids)")
     parser.add_argument("--bins", type=int, default=5, help="bins of the reliability table")
-    parser.add_argument("--examples", type=int, default=4, help="best- and worst-scored images shown")
+    parser.add_argument("--examples", type=int, default=2,
+                        help="highest- and lowest-scored images shown per reward value")
     parser.add_argument("--events", default="", help="TensorBoard event directory (default: the run's save_dir)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
     return parser.parse_args(argv)

@@ -18,7 +18,7 @@ import sys
 
 from torchreid_scal.cli import run_tool
 from torchreid_scal.config import load_config
-from torchreid_scal.inspection import visualize
+from torchreid_scal.report import visualize
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -12,16 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HEIGHT, WIDTH
-from test_inspection import DEMO, REPO, trained_run  # noqa: F401  (module-scoped fixture: one checkpoint here)
+from conftest import DEMO, HEIGHT, REPO, WIDTH
 from torchreid_scal import _torchreid
 from torchreid_scal.critic_metrics import critic_summary, reliability_table
-from torchreid_scal.inspection import GRID_SPACING, PANEL_HEIGHT, PANEL_WIDTH
+from torchreid_scal.figures import GRID_SPACING, ROW_WIDTH
 from torchreid_scal.models import StageCritics
 from torchreid_scal.rewards import compute_rewards
 from torchreid_scal.runner import build_model
 
-CHANNEL_PANELS = 1 + 2 * 5  # the image, then weighted and unweighted activation for each of the five stages
 
 
 def tool(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -29,12 +27,10 @@ def tool(name: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def panels(path: str) -> int:
-    """Number of panels of a row PNG, which must decode and have the fixed panel height."""
+def is_figure(path: str) -> bool:
+    """An attention figure decodes and is as wide as a row of the report page."""
     img = cv2.imread(path)
-    assert img is not None, path
-    assert img.shape[0] == PANEL_HEIGHT and img.shape[1] % PANEL_WIDTH == 0
-    return img.shape[1] // PANEL_WIDTH
+    return img is not None and img.shape[1] == ROW_WIDTH <= 1400
 
 
 def check_actmaps(directory: str, names) -> None:
@@ -50,7 +46,7 @@ def test_visualize_query_images(trained_run, tmp_path):
     query = trained_run.datamanager.test_dataset["scal_demo"]["query"][:3]
     names = [os.path.splitext(os.path.basename(path))[0] for path, *_ in query]
     assert sorted(os.listdir(tmp_path)) == sorted([f"{n}.png" for n in names] + ["actmap"])
-    assert all(panels(str(tmp_path / f"{n}.png")) == CHANNEL_PANELS for n in names)
+    assert all(is_figure(str(tmp_path / f"{n}.png")) for n in names)
     check_actmaps(str(tmp_path / "actmap"), names)
 
 
@@ -65,7 +61,7 @@ def test_visualize_a_folder_of_images(trained_run, tmp_path):
                   "--output", str(out), "--images", str(folder), *trained_run.opts)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["a.png", "actmap", "b.png"]
-    assert panels(str(out / "a.png")) == panels(str(out / "b.png")) == CHANNEL_PANELS
+    assert is_figure(str(out / "a.png")) and is_figure(str(out / "b.png"))
     check_actmaps(str(out / "actmap"), ["a", "b"])
 
 
@@ -113,20 +109,33 @@ def test_report_numbers_equal_a_direct_computation(trained_run, report):
     table = reliability_table(values.mean(dim=0), reward, bins=4)
     assert [b["count"] for b in got["reliability"]] == [b["count"] for b in table]
     assert [b["mean_reward"] for b in got["reliability"]] == pytest.approx([b["mean_reward"] for b in table], abs=1e-5)
-    assert got["best"][0]["value"] == pytest.approx(float(values.mean(dim=0).max()), abs=1e-5)
-    assert got["worst"][0]["value"] == pytest.approx(float(values.mean(dim=0).min()), abs=1e-5)
+    value = values.mean(dim=0)
+    assert [g["reward"] for g in got["examples"]] == sorted(set(reward.tolist()), reverse=True)
+    for group in got["examples"]:
+        members = value[reward == group["reward"]]
+        assert all(item["reward"] == group["reward"] for item in group["best"] + group["worst"])
+        assert group["best"][0]["value"] == pytest.approx(float(members.max()), abs=1e-5)
+        if group["worst"]:
+            assert group["worst"][0]["value"] == pytest.approx(float(members.min()), abs=1e-5)
+    diagnostics = got["diagnostics"]
+    assert set(diagnostics) >= {f"alignment_stage{k}" for k in stages} | {"critic_alignment", "critic_heldout_corr"}
+    assert all(-1 <= diagnostics[f"alignment_stage{k}"] <= 1 and 0 <= diagnostics[f"alive_stage{k}"] <= 1
+               for k in stages)
 
 
 def test_report_html_links_only_files_next_to_it(report):
     out, got = report
     page = (out / "report.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert "training_curves.png" in links and len([link for link in links if link.startswith("images/")]) == 4
+    shown = [item for group in got["examples"] for item in group["best"] + group["worst"]]
+    assert "training_curves.png" in links and len([link for link in links if link.startswith("images/")]) == len(shown)
     for link in links:
         assert not os.path.isabs(link) and ":" not in link and os.path.isfile(out / link), link
     assert got["training_curves"] == "training_curves.png" and cv2.imread(str(out / "training_curves.png")) is not None
-    assert all(panels(str(out / item["png"])) == CHANNEL_PANELS for item in got["best"] + got["worst"])
-    assert "Did attention help?" in page and "Reliability" in page
+    assert all(is_figure(str(out / item["png"])) for item in shown)
+    assert "Did attention help?" in page and "Reliability" in page and "alignment" in page
+    assert not os.path.isabs(got["weights"]) and not os.path.isabs(got["events_dir"])
+    assert all(not os.path.isabs(item["path"]) for item in shown)
 
 
 @pytest.mark.parametrize("name, status, message", [
