@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conftest import HEIGHT, WIDTH
-from torchreid_scal.critic_diagnostics import diagnose_critics
+from torchreid_scal.critic_diagnostics import _shared_direction, diagnose_critics
 from torchreid_scal.models import StageCritics, create_model
 from torchreid_scal.models.scal_resnet import frozen_bn_stats
 
@@ -69,6 +69,16 @@ def test_a_critic_equal_to_the_linearised_log_probability_is_aligned(setup, sign
     for k in (0, 2, 4):
         assert stats[f"alignment_stage{k}"] == pytest.approx(sign, abs=1e-4)
     assert stats["critic_alignment"] == pytest.approx(sign, abs=1e-4)
+
+
+def test_shared_direction_is_the_leave_one_out_cosine():
+    same = torch.tensor([[1.0, 2.0], [1.0, 2.0], [2.0, 4.0]])
+    assert _shared_direction(same) == pytest.approx(1.0)
+    opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert _shared_direction(opposite) == pytest.approx(-1.0)
+    # Each row against the mean of the two others: [.5, 1], [.5, .5] and [1, .5].
+    cos = 0.5 / 1.25 ** 0.5
+    assert _shared_direction(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])) == pytest.approx((cos + 1 + cos) / 3)
 
 
 def test_a_critic_with_a_random_direction_is_not_aligned(setup):

@@ -37,7 +37,10 @@ VARIANTS: Dict[str, List[str]] = {
 the BNNeck network without attention, attention trained without a critic (triplet engine), SCAL as the paper
 states it, and SCAL with the critic grounded by counterfactual and exploratory maps; channel and spatial."""
 METRICS = ("mAP", "rank1")
-DIAGNOSTICS = ("critic_alignment", "critic_agreement", "critic_alive", "critic_heldout_corr", "critic_reward_corr")
+DIAGNOSTICS = ("critic_alignment", "critic_shared", "critic_heldout_corr", "critic_agreement", "critic_alive",
+               "critic_reward_corr")
+SHOWN = DIAGNOSTICS[:5]  # the tables' diagnostic columns
+HEADERS = "| alignment | shared | held-out corr | agreement | alive |"
 RESULT = "run.json"
 
 
@@ -114,15 +117,14 @@ def _cell(stat: Mapping[str, Any], digits: int) -> str:
 def markdown(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping[str, Any]],
              header: str = "") -> str:
     """``ablation.md``: mean ± sd per variant, then every run."""
-    lines = [header, "", "| variant | seeds | mAP | rank-1 | alignment | agreement | alive | held-out corr |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "", "| variant | seeds | mAP | rank-1 " + HEADERS, "|---|---|---:|---:" + "---:|" * len(SHOWN)]
     for variant, stats in summary.items():
         lines.append(f"| `{variant}` | {len(stats['seeds'])} | {_cell(stats['mAP'], 1)} | {_cell(stats['rank1'], 1)} | "
-                     + " | ".join(_cell(stats[k], 3) for k in DIAGNOSTICS[:4]) + " |")
-    lines += ["", "Every run:", "", "| variant | seed | mAP | rank-1 | alignment | agreement | alive | held-out corr "
-              "| minutes |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                     + " | ".join(_cell(stats[k], 3) for k in SHOWN) + " |")
+    lines += ["", "Every run:", "", "| variant | seed | mAP | rank-1 " + HEADERS + " minutes |",
+              "|---|---:|---:|---:" + "---:|" * (len(SHOWN) + 1)]
     for r in records:
-        diag = " | ".join("–" if r.get(k) is None else f"{r[k]:.3f}" for k in DIAGNOSTICS[:4])
+        diag = " | ".join("–" if r.get(k) is None else f"{r[k]:.3f}" for k in SHOWN)
         lines.append(f"| `{r['variant']}` | {r['seed']} | {r['mAP']:.1f} | {r['rank1']:.1f} | {diag} | "
                      f"{r['seconds'] / 60:.1f} |")
     return "\n".join(lines).strip() + "\n"

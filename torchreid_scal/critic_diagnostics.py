@@ -8,6 +8,10 @@ that gradient, not only by how well ``V`` tracks the reward:
   later agents reacting as they do in the network), averaged over images. Positive: moving the map the way
   the critic says raises the true class's probability. A random direction scores about 0; a critic whose
   gradient is exactly 0 scores 0.
+- ``shared_stage{k}``: the alignment that a critic ignoring the image could reach at best: the cosine of each
+  image's ``d log p_true/dA_k`` with the mean of the other images' (leave-one-out). Near 0, the useful
+  direction differs from image to image and a critic has to learn it per image; near 1, one direction
+  serves all.
 - ``agreement_stage{k}``: how often the critic orders the agents' map and the all-ones map (no attention) of
   the same features ``X_k`` the way ``R_a`` orders the two networks (attention helped or not); equal values
   count as disagreement.
@@ -64,6 +68,15 @@ def _value_grad(critic: torch.nn.Module, features: torch.Tensor, a: torch.Tensor
     return grad
 
 
+def _shared_direction(grads: torch.Tensor) -> float:
+    """Mean cosine of each row with the mean of the other rows (0 for a single row)."""
+    flat = grads.flatten(1).float()
+    if len(flat) < 2:
+        return 0.0
+    others = (flat.sum(dim=0, keepdim=True) - flat) / (len(flat) - 1)
+    return float(F.cosine_similarity(flat, others, dim=1, eps=_EPS).mean())
+
+
 def _alive_share(critic: torch.nn.Module, features: torch.Tensor, a: torch.Tensor) -> float:
     """Share of hidden units positive somewhere on this batch (NaN for a critic without ``hidden``)."""
     if not hasattr(critic, "hidden"):
@@ -76,8 +89,8 @@ def _alive_share(critic: torch.nn.Module, features: torch.Tensor, a: torch.Tenso
 @torch.no_grad()
 def diagnose_critics(model: SCALResNet, critics: StageCritics, images: torch.Tensor,
                      pids: torch.Tensor) -> Dict[str, float]:
-    """``alignment``, ``agreement`` and ``alive`` per critic stage (``<name>_stage{k}``), their means over the
-    stages (``critic_<name>``) and ``critic_heldout_corr``, on ``images`` whose ``pids`` are classifier classes.
+    """``alignment``, ``shared``, ``agreement`` and ``alive`` per critic stage (``<name>_stage{k}``), their means
+    over the stages (``critic_<name>``) and ``critic_heldout_corr``, on ``images`` whose ``pids`` are classes.
     Restores the train/eval mode of both modules."""
     modes = model.training, critics.training
     model.train()
@@ -99,13 +112,14 @@ def diagnose_critics(model: SCALResNet, critics: StageCritics, images: torch.Ten
             values.append(with_map)
             agree = ((with_map > without) & helped) | ((with_map < without) & ~helped)
             stats[f"alignment_stage{k}"] = float(cosine.mean())
+            stats[f"shared_stage{k}"] = _shared_direction(targets[k])
             stats[f"agreement_stage{k}"] = float(agree.float().mean())
             stats[f"alive_stage{k}"] = _alive_share(critic, x, a)
         stats["critic_heldout_corr"] = float(pearson(torch.stack(values).mean(dim=0), rewards.total))
     finally:
         model.train(modes[0])
         critics.train(modes[1])
-    for name in ("alignment", "agreement", "alive"):
+    for name in ("alignment", "shared", "agreement", "alive"):
         per_stage = [stats[f"{name}_stage{k}"] for k in critics.stages]
         stats[f"critic_{name}"] = sum(per_stage) / len(per_stage)
     return stats

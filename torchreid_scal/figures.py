@@ -24,7 +24,7 @@ CURVES = {
     "rewards": ("mean_reward", "classification_rate", "attention_helped_rate"),
     "critic MSE": ("critic_mse",),
     "critic-reward correlation": ("critic_reward_corr", "critic_heldout_corr"),
-    "critic gradient (held-out)": ("critic_alignment", "critic_agreement", "critic_alive"),
+    "critic gradient (held-out)": ("critic_alignment", "critic_shared", "critic_agreement", "critic_alive"),
 }
 """Panels of the training-curves figure: title -> names of the engine's ``Epoch/<name>`` scalars."""
 

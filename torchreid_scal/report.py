@@ -27,6 +27,7 @@ from .runner import build_datamanager, select_device
 
 QUERY_IMAGES = 16  # images visualised from the query split unless a number is given
 DIAGNOSTIC_IMAGES = 256  # images of the split scored by the critic diagnostics
+DIAGNOSED = ("alignment", "shared", "agreement", "alive")  # per-stage columns of the report
 
 
 def figure_of(ins: Inspection, i: int, mean: Sequence[float], std: Sequence[float], name: str = "") -> np.ndarray:
@@ -190,15 +191,15 @@ def report_html(report: Mapping[str, Any]) -> str:
         f"({html.escape(report['attention'])} attention), {html.escape(report['split'])} split: "
         f"{report['num_images']} images, {report['num_rewarded']} with a defined reward.</p>",
         "<h2>Critic per stage</h2>",
-        "<p>alignment: cosine of dV/dA with d log p(true class)/dA (0 = no useful direction); agreement: share of "
-        "images where the critic orders the agents' map and no attention as R_a does; alive: share of hidden "
-        "units that fire on some image.</p>" if diagnostics else "",
-        _table(["stage", "mean V_k", "corr(V_k, R)", "alignment", "agreement", "alive"],
+        "<p>alignment: cosine of dV/dA with d log p(true class)/dA (0 = no useful direction); shared: the "
+        "alignment a critic ignoring the image could reach at best; agreement: share of images where the critic "
+        "orders the agents' map and no attention as R_a does; alive: share of hidden units that fire on some "
+        "image.</p>" if diagnostics else "",
+        _table(["stage", "mean V_k", "corr(V_k, R)", *DIAGNOSED],
                [[k, report["critic_value_per_stage"][k], report.get(f"critic_reward_corr_stage{k}")]
-                + [(diagnostics or {}).get(f"{name}_stage{k}") for name in ("alignment", "agreement", "alive")]
-                for k in stages]
+                + [(diagnostics or {}).get(f"{name}_stage{k}") for name in DIAGNOSED] for k in stages]
                + [["mean", report["mean_critic_value"], report["critic_reward_corr"]]
-                  + [(diagnostics or {}).get(f"critic_{name}") for name in ("alignment", "agreement", "alive")]]),
+                  + [(diagnostics or {}).get(f"critic_{name}") for name in DIAGNOSED]]),
         "<h2>Critic vs reward</h2>",
         _table(["critic MSE", "corr(mean V, R)", "mean R"],
                [[report["critic_mse"], report["critic_reward_corr"], report["mean_reward"]]]),
