@@ -43,11 +43,13 @@ def training_pass(model, images, **kwargs):
 
 
 def true_class_gradient(model, images, pids, stage):
-    """d log p_true / dA_stage by plain backward into a parameter standing in for that stage's map."""
+    """d log p_true / dA_stage of the eval-mode network, by plain backward into a parameter standing in for that
+    stage's map."""
+    model.eval()
     with torch.no_grad():
-        maps = training_pass(model, images).maps
+        maps = model(images, return_stages=True).maps
     param = nn.Parameter(maps[stage].detach().clone())
-    logits = training_pass(model, images, map_fn=lambda k, a: param if k == stage else a).logits
+    logits = model(images, return_stages=True, map_fn=lambda k, a: param if k == stage else a).logits
     logits.log_softmax(1).gather(1, pids.view(-1, 1)).sum().backward()
     return param.grad
 

@@ -15,15 +15,19 @@ that gradient, not only by how well ``V`` tracks the reward:
 - ``agreement_stage{k}``: how often the critic orders the agents' map and the all-ones map (no attention) of
   the same features ``X_k`` the way ``R_a`` orders the two networks (attention helped or not); equal values
   count as disagreement.
-- ``critic_heldout_corr``: the correlation of the stage-mean critic value with the reward ``R`` of these images (the
-  rewards computed in eval mode), to compare with the training images' ``critic_reward_corr``.
+- ``critic_heldout_corr``: the correlation of the stage-mean critic value with the reward ``R`` of these
+  images, to compare with the training images' ``critic_reward_corr``.
 - ``alive_stage{k}``: the share of the critic's hidden units whose pre-activation is positive for at least
   one image (a ReLU unit that is never positive is dead: it passes no gradient at all).
 
-The network runs as in training (BatchNorm on the batch's statistics, running statistics untouched): in
-eval mode the no-attention pass would be normalised with statistics gathered with attention, which makes
-attention look helpful on nearly every image and ``R_a`` meaningless. The numbers depend only on the weights
-and the batch; the critics run in eval mode.
+Two passes of the network, because BatchNorm cannot serve both purposes at once. The gradients (alignment,
+shared) come from the eval-mode network, the one that is deployed, in which every image's log-probability
+depends on its own maps only: with batch statistics, the gradient of the batch's summed log-probability
+would carry every other image's dependence through the batch mean (at the BNNeck, the images' gradients
+sum to about zero). The rewards and the critics' values (agreement, held-out correlation, alive units) come
+from the network as it trains, on the batch's statistics with the running ones untouched: in eval mode the
+no-attention pass would be normalised with statistics gathered with attention, so attention would seem to
+help nearly every image. The numbers depend only on the weights and the batch; the critics run in eval mode.
 """
 from __future__ import annotations
 
@@ -41,12 +45,13 @@ _EPS = 1e-12
 
 
 def _true_class_log_prob_grads(model: SCALResNet, images: torch.Tensor, pids: torch.Tensor):
-    """One pass and ``d sum_i log p_true(i) / dA_k`` for every stage k, in one backward.
+    """One pass of ``model`` as it is (eval mode, for per-image gradients) and ``d sum_i log p_true(i) / dA_k``
+    for every stage k, in one backward.
 
     Each applied map is ``A_k + delta_k`` with a zero leaf ``delta_k``: the gradient with respect to
     ``delta_k`` is the total derivative with respect to ``A_k``, the later agents reacting to the change as
-    they do in the network. Image i's log-probability depends on the other images' maps only through the
-    batch statistics of BatchNorm, so the summed gradient is, up to that coupling, the per-image gradient."""
+    they do in the network. In eval mode image i's log-probability depends on image i's maps only, so the
+    summed gradient is the per-image gradient."""
     deltas: List[torch.Tensor] = []
 
     def shifted(k: int, a: torch.Tensor) -> torch.Tensor:
@@ -93,11 +98,13 @@ def diagnose_critics(model: SCALResNet, critics: StageCritics, images: torch.Ten
     over the stages (``critic_<name>``) and ``critic_heldout_corr``, on ``images`` whose ``pids`` are classes.
     Restores the train/eval mode of both modules."""
     modes = model.training, critics.training
-    model.train()
     critics.eval()
     try:
+        model.eval()
+        deployed, targets = _true_class_log_prob_grads(model, images, pids)
+        model.train()
         with frozen_bn_stats(model):
-            out, targets = _true_class_log_prob_grads(model, images, pids)
+            out = model(images, return_stages=True)
             plain = model(images, return_stages=True, use_attention=False, stem=out.features[0]).logits
         rewards = compute_rewards(out.logits, plain, pids)
         helped = rewards.amelioration.bool()
@@ -105,9 +112,9 @@ def diagnose_critics(model: SCALResNet, critics: StageCritics, images: torch.Ten
         values = []
         for k in critics.stages:
             critic = critics.critics[str(k)]
-            x, a = out.features[k].detach(), out.maps[k].detach()  # A_k + 0
-            grad = _value_grad(critic, x, a)
+            grad = _value_grad(critic, deployed.features[k].detach(), deployed.maps[k].detach())  # A_k + 0
             cosine = F.cosine_similarity(grad.flatten(1).float(), targets[k].flatten(1).float(), dim=1, eps=_EPS)
+            x, a = out.features[k], out.maps[k]
             with_map, without = critic(x, a).float(), critic(x, torch.ones_like(a)).float()
             values.append(with_map)
             agree = ((with_map > without) & helped) | ((with_map < without) & ~helped)
