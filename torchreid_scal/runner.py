@@ -72,6 +72,18 @@ def build_model(cfg: CN, num_classes: int) -> nn.Module:
     return _torchreid.models.build_model(cfg.model.name, num_classes, loss=loss, pretrained=cfg.model.pretrained)
 
 
+def check_layers(cfg: CN, model: nn.Module) -> None:
+    """ConfigError naming the key when ``train.open_layers`` (used when ``train.fixbase_epoch`` > 0) or
+    ``train.new_layers`` (used with ``train.staged_lr``) names no layer of ``model``: torchreid would fail
+    with a bare assertion at the first epoch, or silently train every layer at the base learning rate."""
+    children = [name for name, _ in model.named_children()]
+    for key, used in (("open_layers", cfg.train.fixbase_epoch > 0), ("new_layers", cfg.train.staged_lr)):
+        unknown = [name for name in cfg.train[key] if name not in children] if used else []
+        if unknown:
+            raise ConfigError(f"config key train.{key}: {unknown[0]!r} is not a layer of {cfg.model.name}; "
+                              f"its layers: {children}")
+
+
 def build_trained_model(cfg: CN, state: Dict[str, torch.Tensor], source: str) -> nn.Module:
     """The configured model with the trained weights ``state`` (read from ``source``), sized by their classifier
     and without ImageNet weights, in eval mode; CheckpointError naming ``source`` when they do not fit."""
@@ -180,6 +192,7 @@ def _run(cfg: CN) -> None:
     datamanager = build_datamanager(cfg, device)
     print(f"Building model: {cfg.model.name}")
     model = build_model(cfg, datamanager.num_train_pids)
+    check_layers(cfg, model)
     params, flops = _torchreid.utils.compute_model_complexity(model, (1, 3, cfg.data.height, cfg.data.width))
     print(f"Model complexity: params={params:,} flops={flops:,}")
     if cfg.model.load_weights:
