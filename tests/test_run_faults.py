@@ -3,11 +3,14 @@ refused before any data is loaded or any model built, and what a run leaves in i
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import signal
+import time
 
 import pytest
 
-from torchreid_scal import _torchreid, runner
+from torchreid_scal import _torchreid, rundir, runner
 from torchreid_scal.config import ConfigError, load_config
 from torchreid_scal.datasets.demo import SCALDemo
 
@@ -40,3 +43,86 @@ def test_unknown_layer_names_stop_before_training(data_root, tmp_path, monkeypat
     monkeypatch.setattr(runner, "build_engine", lambda *args: pytest.fail("the engine was built"))
     with pytest.raises(ConfigError, match=message):
         runner.run(tiny(data_root, tmp_path, *opts))
+
+
+def no_training(monkeypatch):
+    """Replace the job itself, so that only what ``run`` does around it (and before it) happens."""
+    calls = []
+    monkeypatch.setattr(runner, "_run", calls.append)
+    return calls
+
+
+def hold_lock_in_child(save_dir):
+    """A child process that takes ``save_dir``'s lock the way a run does and keeps it until killed."""
+    ready = multiprocessing.get_context("fork").Event()
+
+    def hold():
+        with rundir.locked(str(save_dir)):
+            ready.set()
+            time.sleep(600)
+
+    child = multiprocessing.get_context("fork").Process(target=hold, daemon=True)
+    child.start()
+    assert ready.wait(60)
+    return child
+
+
+def test_second_run_in_a_save_dir_is_refused_until_the_first_dies(data_root, tmp_path, monkeypatch):
+    calls = no_training(monkeypatch)
+    child = hold_lock_in_child(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match=f"data.save_dir {tmp_path} is in use by another run "
+                                              rf"\(process {child.pid}\)"):
+            runner.run(tiny(data_root, tmp_path))
+        assert not calls
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # a crash: the lock must not outlive the process
+        child.join()
+    runner.run(tiny(data_root, tmp_path))
+    assert len(calls) == 1
+
+
+def test_stale_partial_checkpoints_are_removed_by_the_run_that_owns_the_directory(data_root, tmp_path, monkeypatch,
+                                                                                 capsys):
+    no_training(monkeypatch)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    stale, mine = model_dir / ".tmp-abc123", model_dir / "notes.txt"
+    stale.write_bytes(b"x" * 1000)
+    mine.write_text("kept")
+    child = hold_lock_in_child(tmp_path)
+    try:
+        with pytest.raises(ConfigError):
+            runner.run(tiny(data_root, tmp_path))
+        assert stale.exists(), "another run may be writing it"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+    runner.run(tiny(data_root, tmp_path))
+    assert not stale.exists() and mine.read_text() == "kept"
+    assert f"removed {stale}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make, opts, message", [
+    (lambda d: (d / "run").write_text(""), [], r"data.save_dir: cannot write to .*/run: it is a file"),
+    (lambda d: (d / "run").mkdir() or (d / "run" / "model").write_text(""), [],
+     r"data.save_dir: cannot write to .*/run/model: it is a file"),
+    (lambda d: (d / "run").mkdir() or (d / "run" / "visrank_scal_demo_tiny").write_text(""),
+     ["test.evaluate", "True", "test.visrank", "True"], r"data.save_dir: cannot write to .*/visrank_scal_demo_tiny"),
+    (lambda d: (d / "root").write_text(""), ["data.root", "ROOT"], r"data.root: .*/root is a file, not a directory"),
+])
+def test_unusable_output_or_data_locations_stop_before_any_work(data_root, tmp_path, monkeypatch, make, opts,
+                                                                message):
+    calls = no_training(monkeypatch)
+    make(tmp_path)
+    opts = [str(tmp_path / "root") if o == "ROOT" else o for o in opts]
+    with pytest.raises(ConfigError, match=message):
+        runner.run(tiny(data_root, tmp_path / "run", *opts))
+    assert not calls
+
+
+def test_save_dir_where_nothing_can_be_written(data_root, monkeypatch):
+    calls = no_training(monkeypatch)
+    with pytest.raises(ConfigError, match="data.save_dir: cannot write to /proc/x"):
+        runner.run(tiny(data_root, "/proc/x"))
+    assert not calls

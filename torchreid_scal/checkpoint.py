@@ -42,12 +42,16 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+TMP_PREFIX = ".tmp-"
+"""Names of the temporary files :func:`write_atomically` renames into place."""
+
+
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
     """Call ``write`` on a temporary file in ``path``'s directory, flush it to disk, then rename it over
     ``path``. A crash at any moment leaves either the old file or the new one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode as CN
 
-from . import __version__, _torchreid, distributed
+from . import __version__, _torchreid, distributed, rundir
 from .checkpoint import CheckpointError, load_weights
 from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
                      optimizer_kwargs)
@@ -163,17 +163,17 @@ def describe_environment(device: torch.device) -> str:
 
 def run(cfg: CN, log_file: Optional[str] = None) -> None:
     """Train and evaluate (or only evaluate, with ``test.evaluate``) as configured; everything printed also
-    goes to ``data.save_dir/<train|test>.log-<time>``, TensorBoard events and checkpoints to ``data.save_dir``.
-    Under torchrun, every process trains its share and rank 0 alone prints, logs, evaluates and saves."""
+    goes to ``data.save_dir/<train|test>.log-<time>``, TensorBoard events and checkpoints to ``data.save_dir``,
+    which the run holds locked (:mod:`rundir`) after checking every location it writes to. Under torchrun,
+    every process trains its share and rank 0 alone prints, logs, evaluates and saves."""
     if not distributed.init_from_env(cfg.use_gpu).is_main:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             _run(cfg)
         return
-    os.makedirs(cfg.data.save_dir, exist_ok=True)
     name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     log_file = log_file or os.path.join(cfg.data.save_dir, name)
     stdout, stderr = sys.stdout, sys.stderr
-    with open(log_file, "a") as log:
+    with rundir.claimed(cfg), open(log_file, "a") as log:
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
             _run(cfg)
