@@ -11,7 +11,8 @@ import torch
 
 from conftest import HEIGHT, WIDTH
 from torchreid_scal import _torchreid
-from torchreid_scal.checkpoint import load_checkpoint, load_weights, save_checkpoint, to_plain
+from torchreid_scal.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, to_plain
+from torchreid_scal.cli import run_tool
 from torchreid_scal.models import create_model
 
 
@@ -77,3 +78,18 @@ def test_torchreid_feature_extractor_reads_our_checkpoint(tmp_path):
     with torch.no_grad():
         expected = model(images)
     assert torch.allclose(extractor(images), expected, atol=1e-5)
+
+
+def test_failed_write_is_a_checkpoint_error_with_exit_status_5(tmp_path, monkeypatch, capsys):
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    path = tmp_path / "model.pth.tar-1"
+    with pytest.raises(CheckpointError, match=f"cannot write {path}: RuntimeError: .*file write failed"):
+        save_checkpoint({"epoch": 1}, str(path))
+    assert os.listdir(tmp_path) == []
+    assert run_tool(lambda: save_checkpoint({"epoch": 1}, str(path))) == 5
+    assert capsys.readouterr().err.startswith(f"checkpoint error: cannot write {path}")

@@ -48,19 +48,23 @@ TMP_PREFIX = ".tmp-"
 
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
     """Call ``write`` on a temporary file in ``path``'s directory, flush it to disk, then rename it over
-    ``path``. A crash at any moment leaves either the old file or the new one."""
+    ``path``. A crash at any moment leaves either the old file or the new one; a failed write (a full disk, say)
+    is a CheckpointError naming ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+    tmp = ""
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, (OSError, RuntimeError)) and not isinstance(err, CheckpointError):
+            raise CheckpointError(f"cannot write {path}: {type(err).__name__}: {' '.join(str(err).split())}") from err
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
