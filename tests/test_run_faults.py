@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 
 import pytest
+import torch
 
 from torchreid_scal import _torchreid, rundir, runner
 from torchreid_scal.config import ConfigError, load_config
@@ -25,8 +27,10 @@ def data_root(tmp_path_factory):
 
 
 def tiny(data_root, save_dir, *opts):
-    """The demo recipe on 4 identities at 64x32: one epoch is two steps."""
-    return load_config(DEMO, ["data.root", data_root, "data.save_dir", str(save_dir), "data.sources",
+    """The demo recipe on 4 identities at 64x32 with torchreid's ResNet-18 (what is tested here does not depend
+    on the model; SCAL's is 3x slower): one epoch is two steps."""
+    return load_config(DEMO, ["model.name", "resnet18", "loss.name", "softmax", "data.root", data_root,
+                              "data.save_dir", str(save_dir), "data.sources",
                               "['scal_demo_tiny']", "data.targets", "['scal_demo_tiny']", "data.height", "64",
                               "data.width", "32", "data.workers", "0", "train.batch_size", "8",
                               "sampler.num_instances", "2", "train.max_epoch", "1", "train.warmup_epochs", "0",
@@ -35,9 +39,9 @@ def tiny(data_root, save_dir, *opts):
 
 @pytest.mark.parametrize("opts, message", [
     (["train.fixbase_epoch", "1", "train.open_layers", "['foo']"],
-     r"train.open_layers: 'foo' is not a layer of resnet50_scal; its layers: \[.*'classifier'"),
+     r"train.open_layers: 'foo' is not a layer of resnet18; its layers: \[.*'classifier'"),
     (["train.staged_lr", "True", "train.new_layers", "['foo', 'classifier']"],
-     "train.new_layers: 'foo' is not a layer of resnet50_scal"),
+     "train.new_layers: 'foo' is not a layer of resnet18"),
 ])
 def test_unknown_layer_names_stop_before_training(data_root, tmp_path, monkeypatch, opts, message):
     monkeypatch.setattr(runner, "build_engine", lambda *args: pytest.fail("the engine was built"))
@@ -126,3 +130,34 @@ def test_save_dir_where_nothing_can_be_written(data_root, monkeypatch):
     with pytest.raises(ConfigError, match="data.save_dir: cannot write to /proc/x"):
         runner.run(tiny(data_root, "/proc/x"))
     assert not calls
+
+
+@pytest.fixture(scope="module")
+def finished(data_root, tmp_path_factory):
+    """A run that trained its one epoch."""
+    save_dir = tmp_path_factory.mktemp("finished")
+    runner.run(tiny(data_root, save_dir))
+    return save_dir
+
+
+def written(save_dir):
+    return {p.name: p.stat().st_mtime_ns for p in (save_dir / "model").iterdir()}
+
+
+def test_resuming_a_finished_run_evaluates_it_and_writes_no_checkpoint(data_root, finished, tmp_path, capsys):
+    save_dir = shutil.copytree(finished, tmp_path / "run")
+    before = written(save_dir)
+    runner.run(tiny(data_root, save_dir, "model.resume", "auto"))
+    out = capsys.readouterr().out
+    assert "nothing to train: the model is at epoch 1 of train.max_epoch 1" in out and "mAP:" in out
+    assert written(save_dir) == before, "no checkpoint of an epoch that was never trained"
+
+
+def test_resume_auto_with_a_dangling_latest_continues_from_the_checkpoint(data_root, finished, tmp_path, capsys):
+    save_dir = shutil.copytree(finished, tmp_path / "run")
+    (save_dir / "model" / "latest").write_text("model.pth.tar-9\n")
+    with pytest.warns(UserWarning, match="resuming from the newest checkpoint on disk"):
+        runner.run(tiny(data_root, save_dir, "model.resume", "auto", "train.max_epoch", "2"))
+    assert f"Resumed from {save_dir / 'model' / 'model.pth.tar-1'}: next epoch 2" in capsys.readouterr().out
+    assert torch.load(save_dir / "model" / "model.pth.tar-2", weights_only=True)["epoch"] == 2
+    assert (save_dir / "model" / "latest").read_text() == "model.pth.tar-2\n"
