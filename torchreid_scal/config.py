@@ -72,6 +72,7 @@ def get_default_config() -> CN:
     cfg.data.save_dir = "log"
     cfg.data.load_train_targets = False
     cfg.data.skip_bad_images = False  # SCAL plugin: drop unreadable images (with a warning) instead of stopping
+    cfg.data.check_images = False  # SCAL plugin: decode every image before training; stop naming the unreadable ones
 
     cfg.market1501 = CN()
     cfg.market1501.use_500k_distractors = False

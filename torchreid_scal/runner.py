@@ -40,6 +40,7 @@ def build_datamanager(cfg: CN, device: torch.device):
     check_available(cfg.data.root, names, generated=list(DATASETS))
     identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
     with checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
+                          check_images=cfg.data.check_images,
                           num_instances=cfg.sampler.num_instances if identity_sampling else None,
                           ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
         datamanager = _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
