@@ -274,11 +274,15 @@ def _choice(key: str, value: Any, choices: Iterable) -> None:
         raise ConfigError(f"config key {key}: {value!r} is not one of {choices}")
 
 
+def _value(cfg: CN, key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
 def _positive(cfg: CN, *keys: str, allow_zero: bool = False) -> None:
     for key in keys:
-        value = cfg
-        for part in key.split("."):
-            value = value[part]
+        value = _value(cfg, key)
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"config key {key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
@@ -323,6 +327,18 @@ def validate(cfg: CN) -> None:
                           f"{cfg.train.lr_scheduler}, got {list(cfg.train.stepsize)}")
     for name in cfg.data.transforms:
         _choice("data.transforms", name.lower(), TRANSFORMS)
+    for key, bound in (("train.lr", 10.0), ("scal.critic_lr", 10.0), ("train.weight_decay", 1.0)):
+        if _value(cfg, key) > bound:
+            raise ConfigError(f"config key {key} must be <= {bound}, got {_value(cfg, key)} (a typo? the optimizers "
+                              "overflow float32 with such values)")
+    for key in ("adam.beta1", "adam.beta2"):
+        if not 0 <= _value(cfg, key) < 1:
+            raise ConfigError(f"config key {key} must be in [0, 1), got {_value(cfg, key)}")
+    _positive(cfg, "train.gamma")
+    _positive(cfg, "sgd.momentum", "sgd.dampening", "rmsprop.alpha", "train.base_lr_mult", allow_zero=True)
+    if cfg.train.optim == "sgd" and cfg.sgd.nesterov and (cfg.sgd.momentum <= 0 or cfg.sgd.dampening != 0):
+        raise ConfigError(f"sgd.nesterov True needs sgd.momentum > 0 and sgd.dampening 0, got {cfg.sgd.momentum} "
+                          f"and {cfg.sgd.dampening}")
     if any(r < 1 for r in cfg.test.ranks):
         raise ConfigError(f"config key test.ranks must hold ranks >= 1, got {list(cfg.test.ranks)}")
     if not 0 < cfg.train.warmup_factor <= 1:
