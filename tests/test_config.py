@@ -124,6 +124,7 @@ def test_command_line_overrides_and_friendly_coercions():
     (["train.seed", str(2**32)], "train.seed must be in"),
     (["data.transforms", "['foo']"], "data.transforms: 'foo' is not one of"),
     (["train.max_epoch", "0"], "train.max_epoch must be > 0"),
+    (["sampler.train_sampler", "RandomDomainSampler", "sampler.num_cams", "5"], r"multiple of sampler.num_cams \(5\)"),
     (["adam.beta1", "-1.0"], "adam.beta1 must be in"),
     (["train.lr", "1e38"], "train.lr must be <= 10.0"),
     (["train.gamma", "0"], "train.gamma must be > 0"),

@@ -351,6 +351,11 @@ def validate(cfg: CN) -> None:
             f"train.batch_size ({cfg.train.batch_size}) must be a multiple of sampler.num_instances "
             f"({cfg.sampler.num_instances}) for RandomIdentitySampler: each batch is P identities x K images"
         )
+    for sampler, key in (("RandomDomainSampler", "num_cams"), ("RandomDatasetSampler", "num_datasets")):
+        groups = cfg.sampler[key]
+        if cfg.sampler.train_sampler == sampler and groups > 0 and cfg.train.batch_size % groups:
+            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of sampler.{key} "
+                              f"({groups}) for {sampler}: each batch takes as many images from each")
     if cfg.loss.name in ("triplet", "scal") and cfg.loss.triplet.weight_t + cfg.loss.triplet.weight_x <= 0:
         raise ConfigError("loss.triplet.weight_t and loss.triplet.weight_x are both 0: nothing would be trained")
     if cfg.loss.name == "scal":
