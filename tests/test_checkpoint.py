@@ -11,7 +11,9 @@ import torch
 
 from conftest import HEIGHT, WIDTH
 from torchreid_scal import _torchreid
-from torchreid_scal.checkpoint import load_checkpoint, load_weights, save_checkpoint, to_plain
+from torchreid_scal.checkpoint import (CheckpointError, SafeCheckpointing, latest_checkpoint, load_checkpoint,
+                                       load_weights, save_checkpoint, to_plain)
+from torchreid_scal.cli import run_tool
 from torchreid_scal.models import create_model
 
 
@@ -77,3 +79,89 @@ def test_torchreid_feature_extractor_reads_our_checkpoint(tmp_path):
     with torch.no_grad():
         expected = model(images)
     assert torch.allclose(extractor(images), expected, atol=1e-5)
+
+
+def test_failed_write_is_a_checkpoint_error_with_exit_status_5(tmp_path, monkeypatch, capsys):
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    path = tmp_path / "model.pth.tar-1"
+    with pytest.raises(CheckpointError, match=f"cannot write {path}: RuntimeError: .*file write failed"):
+        save_checkpoint({"epoch": 1}, str(path))
+    assert os.listdir(tmp_path) == []
+    assert run_tool(lambda: save_checkpoint({"epoch": 1}, str(path))) == 5
+    assert capsys.readouterr().err.startswith(f"checkpoint error: cannot write {path}")
+
+
+class TinyEngine(SafeCheckpointing):
+    """The checkpointing of an engine around one small layer (a real engine's checkpoint is 300 MB)."""
+
+    def __init__(self, keep_last: int = 0) -> None:
+        self.keep_last = keep_last
+        self._models = {"model": torch.nn.Linear(2, 2)}
+        self._optims, self._scheds = {"model": None}, {"model": None}
+
+    def get_model_names(self):
+        return list(self._models)
+
+
+def files(save_dir):
+    return sorted(os.listdir(save_dir / "model"))
+
+
+def test_pruning_never_deletes_the_new_runs_checkpoints(tmp_path):
+    earlier = TinyEngine(keep_last=2)
+    for epoch in range(3):
+        earlier.save_model(epoch, 0.0, str(tmp_path))
+    assert files(tmp_path) == ["latest", "model.pth.tar-2", "model.pth.tar-3"]
+    fresh = TinyEngine(keep_last=2)
+    fresh.save_model(0, 0.0, str(tmp_path))
+    assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "model" / "model.pth.tar-1")
+    assert files(tmp_path) == ["latest", "model.pth.tar-1", "model.pth.tar-2", "model.pth.tar-3"]
+    for epoch in (1, 2, 3):
+        fresh.save_model(epoch, 0.0, str(tmp_path))
+        assert os.path.isfile(latest_checkpoint(str(tmp_path)))
+    assert files(tmp_path) == ["latest", "model.pth.tar-3", "model.pth.tar-4"]
+
+
+def finished_run(save_dir, epochs=2):
+    engine = TinyEngine()
+    for epoch in range(epochs):
+        engine.save_model(epoch, 0.0, str(save_dir))
+    return engine
+
+
+@pytest.mark.parametrize("pointer", [b"model.pth.tar-7\n", b"some text\n", b"\xff\xfe\x80 not utf-8", b"", None,
+                                     b"../../etc/passwd"], ids=["deleted", "text", "binary", "empty", "missing",
+                                                                 "outside"])
+def test_resume_auto_without_a_usable_latest_takes_the_newest_checkpoint(tmp_path, pointer):
+    trained = finished_run(tmp_path)
+    latest = tmp_path / "model" / "latest"
+    if pointer is None:
+        latest.unlink()
+    else:
+        latest.write_bytes(pointer)
+    resumed = TinyEngine()
+    with pytest.warns(UserWarning, match=f"{latest} .*resuming from the newest checkpoint on disk, "
+                                         f"{tmp_path / 'model' / 'model.pth.tar-2'}"):
+        assert resumed.resume("auto", str(tmp_path)) == 2
+    assert torch.equal(resumed._models["model"].weight, trained._models["model"].weight)
+
+
+def test_resume_auto_skips_a_damaged_newest_checkpoint(tmp_path):
+    finished_run(tmp_path)
+    (tmp_path / "model" / "latest").write_text("gone\n")
+    (tmp_path / "model" / "model.pth.tar-3").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning) as warned:
+        assert TinyEngine().resume("auto", str(tmp_path)) == 2
+    assert any("skipping" in str(w.message) and "model.pth.tar-3" in str(w.message) for w in warned)
+
+
+def test_resume_auto_in_an_empty_directory_starts_at_epoch_1(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "latest").write_text("model.pth.tar-3\n")
+    assert TinyEngine().resume("auto", str(tmp_path)) == 0
+    assert "no checkpoint" in capsys.readouterr().out

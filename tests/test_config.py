@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import pytest
 import torch
@@ -113,6 +114,21 @@ def test_command_line_overrides_and_friendly_coercions():
     (["scal.critic_stages", "[7]"], "scal.critic_stages"),
     (["train.warmup_factor", "0"], "train.warmup_factor"),
     (["train.batch_size", "0"], "train.batch_size"),
+    (["model.name", "foo", "loss.name", "softmax"], "model.name: 'foo' is not a torchreid model"),
+    (["model.name", "resnet50_scl"], "did you mean resnet50_scal"),
+    (["train.lr_scheduler", "single_step", "train.stepsize", "[]"], "train.stepsize"),
+    (["train.lr_scheduler", "single_step", "train.stepsize", "[0]"], "train.stepsize"),
+    (["test.visrank", "True"], "test.visrank True needs test.evaluate True"),
+    (["data.targets", "[]"], "data.targets is empty"),
+    (["train.seed", "-1"], "train.seed must be in"),
+    (["train.seed", str(2**32)], "train.seed must be in"),
+    (["data.transforms", "['foo']"], "data.transforms: 'foo' is not one of"),
+    (["train.max_epoch", "0"], "train.max_epoch must be > 0"),
+    (["sampler.train_sampler", "RandomDomainSampler", "sampler.num_cams", "5"], r"multiple of sampler.num_cams \(5\)"),
+    (["adam.beta1", "-1.0"], "adam.beta1 must be in"),
+    (["train.lr", "1e38"], "train.lr must be <= 10.0"),
+    (["train.gamma", "0"], "train.gamma must be > 0"),
+    (["train.optim", "sgd", "sgd.nesterov", "True", "sgd.momentum", "0"], "sgd.nesterov True needs sgd.momentum"),
 ])
 def test_bad_input_names_the_key(opts, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
@@ -143,3 +159,27 @@ def test_warmup_then_steps_at_absolute_epochs():
     assert lrs[0] == pytest.approx(0.01) and lrs[5] == pytest.approx(0.01 + 0.99 * 5 / 10)
     assert lrs[10] == pytest.approx(1.0) and lrs[39] == pytest.approx(1.0)
     assert lrs[40] == pytest.approx(0.1) and lrs[69] == pytest.approx(0.1) and lrs[70] == pytest.approx(0.01)
+
+
+def test_values_that_only_matter_elsewhere_are_accepted():
+    cfg = load_config(SCAL_MARKET, ["test.evaluate", "True", "train.max_epoch", "0", "test.visrank", "True",
+                                   "data.transforms", "['Random_Flip', 'color_jitter']"])
+    assert cfg.train.max_epoch == 0 and cfg.test.visrank
+
+
+def test_repeated_yaml_section_is_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  lr: 0.1\nmodel:\n  name: resnet50\ntrain:\n  max_epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'train' appears twice \(lines 1 and 5\)"):
+        load_config(str(path))
+    path.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' appears twice \(lines 2 and 3\)"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("text, hint", [("35e-5", "3.5e-4"), ("1e-3", "1.0e-3"), ("2E2", "2.0e+2")])
+def test_yaml_float_without_dot_says_how_to_write_it(tmp_path, text, hint):
+    path = tmp_path / "lr.yaml"
+    path.write_text(f"train:\n  lr: {text}\n")
+    with pytest.raises(ConfigError, match=f"train.lr: .*YAML reads {text} as text.*write {re.escape(hint)}"):
+        load_config(str(path))

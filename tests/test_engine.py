@@ -258,3 +258,14 @@ def test_keep_last_checkpoints_and_latest_pointer(tmp_path):
     files = sorted(os.listdir(tmp_path / "model"))
     assert files == ["latest", "model.pth.tar-3", "model.pth.tar-4"]
     assert latest_checkpoint(str(tmp_path)).endswith("model.pth.tar-4")
+
+
+def test_a_finished_run_is_evaluated_not_trained_again(tmp_path, capsys):
+    engine = make_engine()
+    tested = []
+    engine.test = lambda **kwargs: tested.append(kwargs) or 0.5
+    engine.train = lambda **kwargs: pytest.fail("trained an epoch beyond train.max_epoch")
+    engine.run(save_dir=str(tmp_path), max_epoch=3, start_epoch=3, print_freq=1)
+    assert len(tested) == 1
+    assert not (tmp_path / "model").exists(), "no checkpoint of an epoch that was never trained"
+    assert "nothing to train: the model is at epoch 3 of train.max_epoch 3" in capsys.readouterr().out

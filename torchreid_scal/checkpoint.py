@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional
+import warnings
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -42,21 +43,29 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+TMP_PREFIX = ".tmp-"
+"""Names of the temporary files :func:`write_atomically` renames into place."""
+
+
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
     """Call ``write`` on a temporary file in ``path``'s directory, flush it to disk, then rename it over
-    ``path``. A crash at any moment leaves either the old file or the new one."""
+    ``path``. A crash at any moment leaves either the old file or the new one; a failed write (a full disk, say)
+    is a CheckpointError naming ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    tmp = ""
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, (OSError, RuntimeError)) and not isinstance(err, CheckpointError):
+            raise CheckpointError(f"cannot write {path}: {type(err).__name__}: {' '.join(str(err).split())}") from err
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
@@ -136,14 +145,49 @@ CHECKPOINT_PREFIX = "model.pth.tar-"
 LATEST = "latest"
 
 
+def checkpoint_files(directory: str) -> List[Tuple[int, str]]:
+    """``(epoch, path)`` of every ``model.pth.tar-<epoch>`` file in ``directory``, by epoch."""
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted((int(name[len(CHECKPOINT_PREFIX):]), os.path.join(directory, name)) for name in names
+                  if _is_checkpoint_name(name) and os.path.isfile(os.path.join(directory, name)))
+
+
+def _is_checkpoint_name(name: str) -> bool:
+    return name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit()
+
+
 def latest_checkpoint(save_dir: str) -> Optional[str]:
-    """The checkpoint named by ``save_dir/model/latest``, or None when there is none."""
+    """The checkpoint named by ``save_dir/model/latest``, or None when that pointer is missing, unreadable or
+    names no checkpoint file there."""
     pointer = os.path.join(save_dir, "model", LATEST)
-    if not os.path.isfile(pointer):
+    try:
+        with open(pointer, "rb") as f:
+            name = f.read(256).decode().strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    with open(pointer) as f:
-        path = os.path.join(save_dir, "model", f.read().strip())
-    return path if os.path.isfile(path) else None
+    path = os.path.join(save_dir, "model", name)
+    return path if _is_checkpoint_name(name) and os.path.isfile(path) else None
+
+
+def newest_checkpoint(save_dir: str) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    """The checkpoint ``model.resume auto`` continues from, and its contents: the one ``latest`` names; when
+    ``latest`` is unusable, with a warning, the most recently written checkpoint file that loads. ``(None,
+    None)`` when there is none."""
+    named = latest_checkpoint(save_dir)
+    if named is not None:
+        return named, load_checkpoint(named)
+    found = sorted(checkpoint_files(os.path.join(save_dir, "model")),
+                   key=lambda item: (os.stat(item[1]).st_mtime_ns, item[0]), reverse=True)
+    for _, path in found:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as err:
+            warnings.warn(f"model.resume auto: skipping {path}: {err}")
+            continue
+        warnings.warn(f"model.resume auto: {os.path.join(save_dir, 'model', LATEST)} is missing or names no "
+                      f"checkpoint file; resuming from the newest checkpoint on disk, {path}")
+        return path, state
+    return None, None
 
 
 class NonFiniteError(FloatingPointError):
@@ -166,7 +210,8 @@ class SafeCheckpointing:
     torchreid's format (so ``FeatureExtractor`` and ``load_pretrained_weights`` read it), every other
     registered model (e.g. ``critic``) under its name, the random generators' states and the AMP scaler,
     so that resuming continues exactly. Files are written atomically, then ``save_dir/model/latest`` names
-    the newest; only the last ``keep_last`` are kept (0 keeps all). Non-finite weights are never written.
+    the newest; only the last ``keep_last`` epochs up to the one just written are kept (0 keeps all).
+    Non-finite weights are never written.
     """
 
     keep_last: int = 0
@@ -198,11 +243,10 @@ class SafeCheckpointing:
         directory = os.path.join(save_dir, "model")
         path = save_checkpoint(state, os.path.join(directory, f"{CHECKPOINT_PREFIX}{epoch + 1}"))
         write_atomically(os.path.join(directory, LATEST), lambda f: f.write(f"{os.path.basename(path)}\n".encode()))
-        if self.keep_last > 0:
-            saved = sorted((int(f[len(CHECKPOINT_PREFIX):]), f) for f in os.listdir(directory)
-                           if f.startswith(CHECKPOINT_PREFIX) and f[len(CHECKPOINT_PREFIX):].isdigit())
-            for _, old in saved[:-self.keep_last]:
-                os.remove(os.path.join(directory, old))
+        if self.keep_last > 0:  # by epoch, so that later epochs of an earlier run in this directory stay
+            for number, old in checkpoint_files(directory):
+                if number <= epoch + 1 - self.keep_last:
+                    os.remove(old)
         print(f'Checkpoint saved to "{path}"')
         return path
 
@@ -210,12 +254,13 @@ class SafeCheckpointing:
         """Restore models, optimizers, schedulers, AMP scaler and random generators from ``path`` (``'auto'``:
         the latest checkpoint in ``save_dir``); return the next epoch."""
         if path == "auto":
-            found = latest_checkpoint(save_dir)
-            if found is None:
+            found, state = newest_checkpoint(save_dir)
+            if found is None or state is None:
                 print(f"model.resume auto: no checkpoint in {save_dir}, starting from epoch 1")
                 return 0
             path = found
-        state = load_checkpoint(path)
+        else:
+            state = load_checkpoint(path)
         for name in self.get_model_names():
             entry = state if name == "model" else state.get(name)
             if entry is None:

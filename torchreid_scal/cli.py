@@ -13,12 +13,24 @@ EXIT_CODES = ((ConfigError, 2, "config error"), (DataError, 3, "data error"),
 """Exit status per error: 2 configuration, 3 data, 4 non-finite loss, 5 checkpoint."""
 
 
+def message(err: BaseException) -> str:
+    """``err``'s own message. An error raised in a DataLoader worker comes back re-created around the worker's
+    whole traceback (torch's ``ExceptionWrapper``); only its last entry, the original message, is kept."""
+    text = str(err)
+    if "\nOriginal Traceback" not in text:
+        return text
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    lines = text.rstrip().splitlines()
+    first = max(i for i, line in enumerate(lines) if line.startswith(prefix) or i == 0)
+    return " ".join(lines[first:]).removeprefix(prefix)
+
+
 def run_tool(job: Callable[[], None]) -> int:
     """Run ``job``; return 0, or print the error that names the culprit and return its status."""
     try:
         job()
     except tuple(kind for kind, _, _ in EXIT_CODES) as err:
         status, label = next((code, label) for kind, code, label in EXIT_CODES if isinstance(err, kind))
-        print(f"{label}: {err}", file=sys.stderr)
+        print(f"{label}: {message(err)}", file=sys.stderr)
         return status
     return 0

@@ -4,6 +4,7 @@ user's YAML works unchanged) plus this package's keys; merging that names the ke
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import math
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
@@ -14,6 +15,30 @@ from yacs.config import CfgNode as CN
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that names the key (or file) and what to do."""
+
+
+TRANSFORMS = ("random_flip", "random_crop", "random_patch", "color_jitter", "random_erase")
+"""The augmentations torchreid's ``build_transforms`` knows (it ignores any other name without a word)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key: SafeLoader silently keeps the last one,
+    so a second ``train:`` section would drop the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        lines: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = lines.setdefault(key, line)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first != line:
+                raise ConfigError(f"key {key!r} appears twice (lines {first} and {line}); "
+                                  "YAML would silently keep only the second: merge them into one")
+        return super().construct_mapping(node, deep=deep)
 
 
 def get_default_config() -> CN:
@@ -47,6 +72,7 @@ def get_default_config() -> CN:
     cfg.data.save_dir = "log"
     cfg.data.load_train_targets = False
     cfg.data.skip_bad_images = False  # SCAL plugin: drop unreadable images (with a warning) instead of stopping
+    cfg.data.check_images = False  # SCAL plugin: decode every image before training; stop naming the unreadable ones
 
     cfg.market1501 = CN()
     cfg.market1501.use_500k_distractors = False
@@ -151,6 +177,13 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+def _yaml_float(text: str) -> str:
+    """``text``'s number as YAML 1.1 (PyYAML) reads a float: with a dot and a signed exponent, e.g. 3.5e-4."""
+    mantissa, exponent = f"{float(text):e}".split("e")
+    mantissa = mantissa.rstrip("0")
+    return f"{mantissa}0e{int(exponent):+d}" if mantissa.endswith(".") else f"{mantissa}e{int(exponent):+d}"
+
+
 def _coerce(key: str, default: Any, value: Any) -> Any:
     """``value`` converted to the type of ``default``, or a ConfigError naming ``key``."""
     if isinstance(default, bool):
@@ -175,9 +208,13 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
             return [_coerce(key, default[0], item) for item in items]
         except ConfigError:
             pass
+    hint = ""
+    if isinstance(default, float) and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            hint = f"; YAML reads {value} as text: write {_yaml_float(value)} (a dot and a signed exponent)"
     raise ConfigError(f"config key {key}: expected {type(default).__name__}"
                       + (f" of {type(default[0]).__name__}" if isinstance(default, (list, tuple)) and default else "")
-                      + f" like {default!r}, got {_describe(value)}")
+                      + f" like {default!r}, got {_describe(value)}{hint}")
 
 
 def _merge(cfg: CN, data: Mapping, prefix: str = "") -> None:
@@ -209,9 +246,11 @@ def load_config(config_file: str = "", opts: Sequence[str] = (), base: Optional[
     if config_file:
         try:
             with open(config_file) as f:
-                data = yaml.safe_load(f)
+                data = yaml.load(f, Loader=_UniqueKeyLoader)
         except OSError as err:
             raise ConfigError(f"cannot read config file {config_file}: {err.strerror}") from err
+        except ConfigError as err:
+            raise ConfigError(f"config file {config_file}: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {config_file} is not valid YAML: {err}") from err
         if data is not None:
@@ -239,13 +278,24 @@ def _choice(key: str, value: Any, choices: Iterable) -> None:
         raise ConfigError(f"config key {key}: {value!r} is not one of {choices}")
 
 
+def _value(cfg: CN, key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
 def _positive(cfg: CN, *keys: str, allow_zero: bool = False) -> None:
     for key in keys:
-        value = cfg
-        for part in key.split("."):
-            value = value[part]
+        value = _value(cfg, key)
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"config key {key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _check_model_name(name: str, models: Sequence[str]) -> None:
+    if name not in models:
+        close = difflib.get_close_matches(name, models, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"available: {sorted(models)}"
+        raise ConfigError(f"config key model.name: {name!r} is not a torchreid model; {hint}")
 
 
 def validate(cfg: CN) -> None:
@@ -267,17 +317,49 @@ def validate(cfg: CN) -> None:
               "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
               "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",
               "scal.critic_explore_std", "scal.diagnostic_images", allow_zero=True)
+    _check_model_name(cfg.model.name, list(_torchreid.model_factory()))
+    if not cfg.test.evaluate:
+        _positive(cfg, "train.max_epoch")
+    if cfg.test.visrank and not cfg.test.evaluate:
+        raise ConfigError("test.visrank True needs test.evaluate True: torchreid draws ranked pictures only when "
+                          "it tests a trained model (model.load_weights), not during training")
+    if not 0 <= cfg.train.seed < 2**32:
+        raise ConfigError(f"config key train.seed must be in [0, 2**32 - 1] (NumPy's range), got {cfg.train.seed}")
+    if cfg.train.lr_scheduler in ("single_step", "multi_step") and (
+            not cfg.train.stepsize or min(cfg.train.stepsize) < 1):
+        raise ConfigError(f"config key train.stepsize must hold epochs >= 1 for train.lr_scheduler "
+                          f"{cfg.train.lr_scheduler}, got {list(cfg.train.stepsize)}")
+    for name in cfg.data.transforms:
+        _choice("data.transforms", name.lower(), TRANSFORMS)
+    for key, bound in (("train.lr", 10.0), ("scal.critic_lr", 10.0), ("train.weight_decay", 1.0)):
+        if _value(cfg, key) > bound:
+            raise ConfigError(f"config key {key} must be <= {bound}, got {_value(cfg, key)} (a typo? the optimizers "
+                              "overflow float32 with such values)")
+    for key in ("adam.beta1", "adam.beta2"):
+        if not 0 <= _value(cfg, key) < 1:
+            raise ConfigError(f"config key {key} must be in [0, 1), got {_value(cfg, key)}")
+    _positive(cfg, "train.gamma")
+    _positive(cfg, "sgd.momentum", "sgd.dampening", "rmsprop.alpha", "train.base_lr_mult", allow_zero=True)
+    if cfg.train.optim == "sgd" and cfg.sgd.nesterov and (cfg.sgd.momentum <= 0 or cfg.sgd.dampening != 0):
+        raise ConfigError(f"sgd.nesterov True needs sgd.momentum > 0 and sgd.dampening 0, got {cfg.sgd.momentum} "
+                          f"and {cfg.sgd.dampening}")
     if any(r < 1 for r in cfg.test.ranks):
         raise ConfigError(f"config key test.ranks must hold ranks >= 1, got {list(cfg.test.ranks)}")
     if not 0 < cfg.train.warmup_factor <= 1:
         raise ConfigError(f"config key train.warmup_factor must be in (0, 1], got {cfg.train.warmup_factor}")
-    if not cfg.data.sources:
-        raise ConfigError("config key data.sources is empty: name at least one dataset, e.g. ['market1501']")
+    for key in ("sources", "targets"):
+        if not cfg.data[key]:
+            raise ConfigError(f"config key data.{key} is empty: name at least one dataset, e.g. ['market1501']")
     if cfg.sampler.train_sampler == "RandomIdentitySampler" and cfg.train.batch_size % cfg.sampler.num_instances:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) must be a multiple of sampler.num_instances "
             f"({cfg.sampler.num_instances}) for RandomIdentitySampler: each batch is P identities x K images"
         )
+    for sampler, key in (("RandomDomainSampler", "num_cams"), ("RandomDatasetSampler", "num_datasets")):
+        groups = cfg.sampler[key]
+        if cfg.sampler.train_sampler == sampler and groups > 0 and cfg.train.batch_size % groups:
+            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of sampler.{key} "
+                              f"({groups}) for {sampler}: each batch takes as many images from each")
     if cfg.loss.name in ("triplet", "scal") and cfg.loss.triplet.weight_t + cfg.loss.triplet.weight_x <= 0:
         raise ConfigError("loss.triplet.weight_t and loss.triplet.weight_x are both 0: nothing would be trained")
     if cfg.loss.name == "scal":

@@ -45,11 +45,19 @@ class EngineMixin(SafeCheckpointing):
         """The model itself, unwrapped from DataParallel/DistributedDataParallel."""
         return getattr(self.model, "module", self.model)
 
-    def run(self, save_dir: str = "log", **kwargs) -> None:
+    def run(self, save_dir: str = "log", max_epoch: int = 0, start_epoch: int = 0, test_only: bool = False,
+            **kwargs) -> None:
+        """torchreid's ``run``; when training would start at or after ``max_epoch`` (a finished run resumed),
+        the model is evaluated as it is, and nothing is saved: torchreid would write its weights again as a
+        checkpoint of one epoch more than was trained."""
         self.save_dir = save_dir
         if not distributed.world().is_main:
             self.writer = distributed.NullWriter()
-        super().run(save_dir=save_dir, **kwargs)
+        if not test_only and start_epoch >= max_epoch:
+            print(f"nothing to train: the model is at epoch {start_epoch} of train.max_epoch {max_epoch}; "
+                  "evaluating it (raise train.max_epoch to train further)")
+            test_only = True
+        super().run(save_dir=save_dir, max_epoch=max_epoch, start_epoch=start_epoch, test_only=test_only, **kwargs)
 
     def train(self, *args, **kwargs) -> None:
         """torchreid's epoch (with the distributed sampler told which epoch it is), then a checkpoint every

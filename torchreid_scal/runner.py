@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode as CN
 
-from . import __version__, _torchreid, distributed
+from . import __version__, _torchreid, distributed, rundir
 from .checkpoint import CheckpointError, load_weights
 from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
                      optimizer_kwargs)
@@ -41,6 +41,7 @@ def build_datamanager(cfg: CN, device: torch.device):
     check_available(cfg.data.root, names, generated=list(DATASETS))
     identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
     with checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
+                          check_images=cfg.data.check_images,
                           num_instances=cfg.sampler.num_instances if identity_sampling else None,
                           ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
         datamanager = _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
@@ -71,6 +72,18 @@ def build_model(cfg: CN, num_classes: int) -> nn.Module:
         factory = MODEL_FACTORIES[cfg.model.name]
         return factory(num_classes, loss=loss, pretrained=cfg.model.pretrained, **model_kwargs(cfg))
     return _torchreid.models.build_model(cfg.model.name, num_classes, loss=loss, pretrained=cfg.model.pretrained)
+
+
+def check_layers(cfg: CN, model: nn.Module) -> None:
+    """ConfigError naming the key when ``train.open_layers`` (used when ``train.fixbase_epoch`` > 0) or
+    ``train.new_layers`` (used with ``train.staged_lr``) names no layer of ``model``: torchreid would fail
+    with a bare assertion at the first epoch, or silently train every layer at the base learning rate."""
+    children = [name for name, _ in model.named_children()]
+    for key, used in (("open_layers", cfg.train.fixbase_epoch > 0), ("new_layers", cfg.train.staged_lr)):
+        unknown = [name for name in cfg.train[key] if name not in children] if used else []
+        if unknown:
+            raise ConfigError(f"config key train.{key}: {unknown[0]!r} is not a layer of {cfg.model.name}; "
+                              f"its layers: {children}")
 
 
 def build_trained_model(cfg: CN, state: Dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -156,17 +169,17 @@ def describe_environment(device: torch.device) -> str:
 
 def run(cfg: CN, log_file: Optional[str] = None) -> None:
     """Train and evaluate (or only evaluate, with ``test.evaluate``) as configured; everything printed also
-    goes to ``data.save_dir/<train|test>.log-<time>``, TensorBoard events and checkpoints to ``data.save_dir``.
-    Under torchrun, every process trains its share and rank 0 alone prints, logs, evaluates and saves."""
+    goes to ``data.save_dir/<train|test>.log-<time>``, TensorBoard events and checkpoints to ``data.save_dir``,
+    which the run holds locked (:mod:`rundir`) after checking every location it writes to. Under torchrun,
+    every process trains its share and rank 0 alone prints, logs, evaluates and saves."""
     if not distributed.init_from_env(cfg.use_gpu).is_main:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             _run(cfg)
         return
-    os.makedirs(cfg.data.save_dir, exist_ok=True)
     name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     log_file = log_file or os.path.join(cfg.data.save_dir, name)
     stdout, stderr = sys.stdout, sys.stderr
-    with open(log_file, "a") as log:
+    with rundir.claimed(cfg), open(log_file, "a") as log:
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
             _run(cfg)
@@ -185,6 +198,7 @@ def _run(cfg: CN) -> None:
     datamanager = build_datamanager(cfg, device)
     print(f"Building model: {cfg.model.name}")
     model = build_model(cfg, datamanager.num_train_pids)
+    check_layers(cfg, model)
     params, flops = _torchreid.utils.compute_model_complexity(model, (1, 3, cfg.data.height, cfg.data.width))
     print(f"Model complexity: params={params:,} flops={flops:,}")
     if cfg.model.load_weights:

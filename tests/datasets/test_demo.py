@@ -16,7 +16,7 @@ from PIL import Image
 
 import torchreid_scal
 from torchreid_scal import _torchreid
-from torchreid_scal.datasets import demo
+from torchreid_scal.datasets import DataError, demo
 from torchreid_scal.datasets.demo import MARKER, DemoConfig, SCALDemo, ensure_generated
 
 SMALL = dict(num_train_ids=4, num_test_ids=3, train_per_id=3, gallery_per_id=3)
@@ -123,10 +123,10 @@ def test_reuse_and_regeneration(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["scal_demo"]  # no temporary siblings left behind
     assert json.loads((target / MARKER).read_text())["counts"] == {"train": 12, "query": 3, "gallery": 9, "heldout": 8}
 
-    (target / MARKER).unlink()  # as if interrupted before completion
-    (target / "query" / "junk.png").write_bytes(b"half written")
+    (target / MARKER).unlink()  # a lost marker: the generator's own files are regenerated
+    (target / "query" / "0009_c1s1_000099.png").write_bytes(b"half written")
     data = SCALDemo(root=str(tmp_path), verbose=False, **SMALL)
-    assert (target / MARKER).is_file() and not (target / "query" / "junk.png").exists()
+    assert (target / MARKER).is_file() and not (target / "query" / "0009_c1s1_000099.png").exists()
     assert (len(data.train), len(data.query), len(data.gallery), len(data.heldout)) == (12, 3, 9, 8)
     assert {pid for _, pid, *_ in data.heldout} == {pid for _, pid, *_ in data.train} == set(range(4))
     assert not {path for path, *_ in data.heldout} & {path for path, *_ in data.train}
@@ -145,3 +145,26 @@ def test_torchreid_options_are_accepted(tmp_path: Path) -> None:
         DemoConfig(gallery_per_id=2)
     rgb = demo.render(demo.sample_identities(1, np.random.default_rng(0))[0], 1, np.random.default_rng(0))
     assert rgb.shape == (128, 64, 3) and rgb.dtype == np.uint8
+
+
+@pytest.mark.parametrize("marker", [b"{not json", b"\xff\xfe\x00", b'{"seed": 0}', None],
+                         ids=["truncated", "binary", "other", "missing"])
+def test_damaged_marker_never_deletes_files_the_generator_did_not_write(tmp_path: Path, marker) -> None:
+    target = tmp_path / "scal_demo"
+    ensure_generated(str(target), DemoConfig(**SMALL))
+    (target / "notes.txt").write_text("mine")
+    (target / "query" / "my_photo.jpg").write_bytes(b"also mine")
+    if marker is None:
+        (target / MARKER).unlink()
+    else:
+        (target / MARKER).write_bytes(marker)
+    before = _hashes(target)
+    with pytest.raises(DataError, match=f"{target} holds files the scal_demo generator did not write: "
+                                        r"\[.*notes.txt.*my_photo.jpg"):
+        SCALDemo(root=str(tmp_path), verbose=False, **SMALL)
+    assert _hashes(target) == before
+
+
+def test_generation_where_nothing_can_be_written_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="cannot generate scal_demo in /proc/x/scal_demo"):
+        SCALDemo(root="/proc/x", verbose=False, **SMALL)

@@ -11,6 +11,7 @@ import os
 import warnings
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
+import numpy as np
 from PIL import Image
 
 from .. import _torchreid
@@ -59,12 +60,27 @@ def check_available(root: str, names: Iterable[str], generated: Sequence[str] = 
             )
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""PIL's modes of 16-bit grayscale files (``I`` in older Pillow); its ``convert("RGB")`` clips them to white."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in SIXTEEN_BIT_MODES:
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def read_image(path: str) -> Image.Image:
-    """An RGB image, or :class:`BadImageError` naming the file (torchreid's reader retries forever)."""
+    """An RGB image (16-bit grayscale scaled to 8 bits), or :class:`BadImageError` naming the file: torchreid's
+    reader retries forever. A header claiming more pixels than PIL's ``MAX_IMAGE_PIXELS`` (a decompression
+    bomb, which PIL would otherwise allocate or refuse with an error that is not an ``OSError``) is one too."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _to_rgb(img)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
         raise BadImageError(f"cannot read image {path} ({type(err).__name__}: {err}); replace or delete the file, "
                             "or set data.skip_bad_images True to leave unreadable images out") from err
 
@@ -74,22 +90,23 @@ def install_image_reader() -> None:
     _torchreid.submodule("data.datasets.dataset").read_image = read_image
 
 
-def _unreadable(paths: Iterable[str]) -> List[str]:
-    bad = []
+def unreadable(paths: Iterable[str]) -> Dict[str, str]:
+    """Every image of ``paths`` that :func:`read_image` cannot decode, with the reason."""
+    bad = {}
     for path in paths:
         try:
             read_image(path)
-        except BadImageError:
-            bad.append(path)
+        except BadImageError as err:
+            bad[path] = str(err)
     return bad
 
 
 class _Options:
-    def __init__(self, sources: Sequence[str], skip_bad_images: bool, num_instances: Optional[int],
-                 ids_per_batch: Optional[int]) -> None:
-        self.sources, self.skip_bad_images = set(sources), skip_bad_images
+    def __init__(self, sources: Sequence[str], skip_bad_images: bool, check_images: bool,
+                 num_instances: Optional[int], ids_per_batch: Optional[int]) -> None:
+        self.sources, self.skip_bad_images, self.check_images = set(sources), skip_bad_images, check_images
         self.num_instances, self.ids_per_batch = num_instances, ids_per_batch
-        self.bad: Dict[str, set] = {}
+        self.bad: Dict[str, Dict[str, str]] = {}
 
 
 def _relabel(train: List[tuple]) -> List[tuple]:
@@ -99,20 +116,23 @@ def _relabel(train: List[tuple]) -> List[tuple]:
 
 class _Checked(_torchreid.data.ImageDataset):
     """Placed between a dataset class and ``ImageDataset`` in the MRO, it sees the lists the dataset built
-    before torchreid does: it drops unreadable images when asked and checks what the sampler needs."""
+    before torchreid does: it decodes every image when asked (and drops or reports the unreadable ones) and
+    checks what the sampler needs."""
 
     _name = ""
     _options: _Options
 
     def __init__(self, train: List[tuple], query: List[tuple], gallery: List[tuple], **kwargs) -> None:
         name, opts = self._name, self._options
-        if opts.skip_bad_images:
+        if opts.skip_bad_images or opts.check_images:
             if name not in opts.bad:
-                opts.bad[name] = set(_unreadable(item[0] for item in train + query + gallery))
-                if opts.bad[name]:
-                    shown = sorted(opts.bad[name])[:5]
-                    warnings.warn(f"dataset {name}: skipping {len(opts.bad[name])} unreadable images, e.g. {shown}")
+                opts.bad[name] = unreadable(item[0] for item in train + query + gallery)
             bad = opts.bad[name]
+            shown = sorted(bad)[:5]
+            if bad and not opts.skip_bad_images:
+                raise DataError(f"dataset {name}: {len(bad)} unreadable images: {shown}; the first: {bad[shown[0]]}")
+            if bad:
+                warnings.warn(f"dataset {name}: skipping {len(bad)} unreadable images, e.g. {shown}")
             train, query, gallery = ([i for i in items if i[0] not in bad] for items in (train, query, gallery))
             train = _relabel(train)
         for split, items in (("query", query), ("gallery", gallery)):
@@ -143,12 +163,14 @@ class _Checked(_torchreid.data.ImageDataset):
 
 @contextlib.contextmanager
 def checked_datasets(names: Iterable[str], sources: Sequence[str], skip_bad_images: bool = False,
-                     num_instances: Optional[int] = None, ids_per_batch: Optional[int] = None) -> Iterator[None]:
+                     check_images: bool = False, num_instances: Optional[int] = None,
+                     ids_per_batch: Optional[int] = None) -> Iterator[None]:
     """While torchreid builds its data manager, the datasets ``names`` are built through :class:`_Checked`
-    subclasses (identity sampling checks apply when ``num_instances`` is given)."""
+    subclasses: every image is decoded first with ``check_images`` (DataError listing the unreadable ones) or
+    ``skip_bad_images`` (they are left out); identity sampling checks apply when ``num_instances`` is given."""
     table = _torchreid.image_dataset_table()
     saved = {name: table[name] for name in set(names)}
-    options = _Options(sources, skip_bad_images, num_instances, ids_per_batch)
+    options = _Options(sources, skip_bad_images, check_images, num_instances, ids_per_batch)
     try:
         for name, cls in saved.items():
             if isinstance(cls, type) and issubclass(cls, _torchreid.data.ImageDataset):

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .. import _torchreid
+from .checks import DataError
 
 GENERATOR_VERSION = 3
 HEIGHT, WIDTH = 128, 64
@@ -238,11 +239,29 @@ def generate(out_dir: str, config: DemoConfig) -> None:
         json.dump(config.marker(), f, sort_keys=True)
 
 
+def foreign_files(dataset_dir: str) -> List[str]:
+    """Everything in ``dataset_dir`` that the generator does not write: all but the marker and, in the split
+    folders, files named like its images."""
+    if not os.path.isdir(dataset_dir) or os.path.islink(dataset_dir):
+        return [dataset_dir] if os.path.lexists(dataset_dir) else []
+    foreign = []
+    for entry in os.scandir(dataset_dir):
+        if entry.name == MARKER and entry.is_file(follow_symlinks=False):
+            continue
+        if entry.name in SPLIT_DIRS.values() and entry.is_dir(follow_symlinks=False):
+            foreign += [image.path for image in os.scandir(entry.path)
+                        if not (_NAME.match(image.name) and image.is_file(follow_symlinks=False))]
+        else:
+            foreign.append(entry.path)
+    return sorted(foreign)
+
+
 def ensure_generated(dataset_dir: str, config: DemoConfig) -> bool:
     """Generate ``dataset_dir`` unless its marker matches ``config``; return whether it was generated.
 
     Images go to a temporary sibling that is renamed into place once complete, so an interrupted run
-    never leaves a directory that looks finished; a stale directory is moved aside and removed.
+    never leaves a directory that looks finished; a stale directory is moved aside and removed, but only
+    when it holds nothing but the generator's own files (DataError naming the others otherwise).
     """
     try:
         with open(os.path.join(dataset_dir, MARKER)) as f:
@@ -250,9 +269,18 @@ def ensure_generated(dataset_dir: str, config: DemoConfig) -> bool:
                 return False
     except (OSError, ValueError):
         pass  # missing or unreadable marker: (re)generate
+    foreign = foreign_files(dataset_dir)
+    if foreign:
+        raise DataError(f"{dataset_dir} holds files the scal_demo generator did not write: {foreign[:5]}; its marker "
+                        f"{MARKER} is missing, damaged or of another generator version, so the folder would be "
+                        "regenerated: move those files elsewhere (or delete the folder) and run again")
     parent = os.path.dirname(os.path.abspath(dataset_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dataset_dir)}-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dataset_dir)}-", dir=parent)
+    except OSError as err:
+        raise DataError(f"cannot generate scal_demo in {dataset_dir} ({err.strerror or err}); "
+                        "set data.root to a writable folder") from None
     try:
         generate(os.path.join(tmp, "new"), config)
         if os.path.lexists(dataset_dir):
