@@ -25,7 +25,7 @@ test.visrank test.visrank_topk use_gpu
 """.split()
 SCAL_KEYS = """model.last_stride model.pretrained_path train.warmup_epochs train.warmup_factor test.feature
 scal.reduction scal.agent_bias_init scal.critic_weight scal.critic_optim scal.critic_lr scal.critic_warmup_epochs
-scal.critic_stages""".split()
+scal.critic_stages test.evaluator test.eval_memory_mb""".split()
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
 SCAL_MARKET = os.path.join(os.path.dirname(__file__), "..", "configs", "scal_market.yaml")
 
@@ -113,6 +113,8 @@ def test_command_line_overrides_and_friendly_coercions():
     (["scal.critic_stages", "[7]"], "scal.critic_stages"),
     (["train.warmup_factor", "0"], "train.warmup_factor"),
     (["train.batch_size", "0"], "train.batch_size"),
+    (["test.evaluator", "numpy"], "config key test.evaluator: 'numpy' is not one of ['fast', 'torchreid']"),
+    (["test.eval_memory_mb", "0"], "config key test.eval_memory_mb must be > 0"),
 ])
 def test_bad_input_names_the_key(opts, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
