@@ -25,6 +25,7 @@ gallery distance or index matrix never exists (unless one is passed in).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, NamedTuple, Optional, Union
 
 import numpy as np
@@ -188,6 +189,20 @@ def _cuhk03_cmc(dist: np.ndarray, remaining: np.ndarray, g_pids: np.ndarray, q_p
     return (position[:, None] < np.arange(1, max_rank + 1)).mean(axis=0)
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Ranking on the CPU runs on one intra-op thread: its operations are many and memory-bound, and on a
+    busy CPU every multi-threaded one waits for descheduled threads (measured 3-4x slower with 2 threads on a
+    shared 2-core AMD EPYC); the distances (matrix products) keep all threads."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _chunks(num_q: int, num_g: int, memory_mb: float) -> Iterator[slice]:
     step = max(1, int(memory_mb * 2**20 // (num_g * BYTES_PER_PAIR)))
     for start in range(0, num_q, step):
@@ -212,21 +227,23 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
     num_valid = 0
     for rows in _chunks(num_q, num_g, memory_mb):
         dist = distances(rows)
-        if not bool(torch.isfinite(torch.stack(torch.aminmax(dist))).all()):
-            raise ValueError("the distances hold NaN or infinite values: are the features finite?")
-        ranks, k, row, count = _rank_chunk(dist, q_pids[rows], q_camids[rows], gallery)
-        precision = k.double() / ranks
-        ap_sum += float((torch.bincount(row, precision, minlength=len(count)) / count.clamp(min=1)).sum())
-        inp_sum += float(precision.masked_select(k == count.take(row)).sum())
-        num_valid += int(count.count_nonzero())
-        if cuhk03:
-            dist_np = dist.cpu().numpy()
-            for i in (count > 0).nonzero().squeeze(1).tolist():
-                q_pid, q_camid = int(q_pids[rows][i]), int(q_camids[rows][i])
-                remaining = (g_pids_np != q_pid) | (g_camids_np != q_camid)
-                cmc += _cuhk03_cmc(dist_np[i], remaining, g_pids_np, q_pid, max_rank, rng)
-        else:
-            first_rank += torch.bincount(ranks.masked_select(k == 1).clamp(max=max_rank + 1), minlength=max_rank + 2)
+        with _one_cpu_thread(device):
+            if not bool(torch.isfinite(torch.stack(torch.aminmax(dist))).all()):
+                raise ValueError("the distances hold NaN or infinite values: are the features finite?")
+            ranks, k, row, count = _rank_chunk(dist, q_pids[rows], q_camids[rows], gallery)
+            precision = k.double() / ranks
+            ap_sum += float((torch.bincount(row, precision, minlength=len(count)) / count.clamp(min=1)).sum())
+            inp_sum += float(precision.masked_select(k == count.take(row)).sum())
+            num_valid += int(count.count_nonzero())
+            if cuhk03:
+                dist_np = dist.cpu().numpy()
+                for i in (count > 0).nonzero().squeeze(1).tolist():
+                    q_pid, q_camid = int(q_pids[rows][i]), int(q_camids[rows][i])
+                    remaining = (g_pids_np != q_pid) | (g_camids_np != q_camid)
+                    cmc += _cuhk03_cmc(dist_np[i], remaining, g_pids_np, q_pid, max_rank, rng)
+            else:
+                first = ranks.masked_select(k == 1).clamp(max=max_rank + 1)
+                first_rank += torch.bincount(first, minlength=max_rank + 2)
     if num_valid == 0:
         raise ValueError(f"none of the {num_q} queries has its identity among the gallery items of other cameras: "
                          "nothing to rank (are the query and gallery sets of the same dataset?)")
