@@ -26,7 +26,7 @@ test.visrank test.visrank_topk use_gpu
 """.split()
 SCAL_KEYS = """model.last_stride model.pretrained_path train.warmup_epochs train.warmup_factor test.feature
 scal.reduction scal.agent_bias_init scal.critic_weight scal.critic_optim scal.critic_lr scal.critic_warmup_epochs
-scal.critic_stages""".split()
+scal.critic_stages test.evaluator test.eval_memory_mb""".split()
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
 SCAL_MARKET = os.path.join(os.path.dirname(__file__), "..", "configs", "scal_market.yaml")
 
@@ -129,6 +129,8 @@ def test_command_line_overrides_and_friendly_coercions():
     (["train.lr", "1e38"], "train.lr must be <= 10.0"),
     (["train.gamma", "0"], "train.gamma must be > 0"),
     (["train.optim", "sgd", "sgd.nesterov", "True", "sgd.momentum", "0"], "sgd.nesterov True needs sgd.momentum"),
+    (["test.evaluator", "numpy"], "config key test.evaluator: 'numpy' is not one of ['fast', 'torchreid']"),
+    (["test.eval_memory_mb", "0"], "config key test.eval_memory_mb must be > 0"),
 ])
 def test_bad_input_names_the_key(opts, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):

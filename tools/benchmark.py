@@ -9,6 +9,8 @@ eval-mode feature-extraction throughput, after warm-up steps, as median and spre
 models take turns in every repetition, so that a drift in the machine's speed affects them alike.
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the process's peak RSS, which is a
 process-wide high-water mark, so each model's is measured in a fresh child process doing the same steps.
+
+``--eval market1501|msmt17`` benchmarks evaluation (ranking) instead: see tools/benchmark_eval.py.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from torchreid_scal import _torchreid
 from torchreid_scal.engine import ImageSCALEngine, ImageTripletEngine
 from torchreid_scal.models import create_model
 
+import benchmark_eval  # tools/benchmark_eval.py, beside this script
+
 MODELS = ("resnet50", "resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal_spatial")
 REFERENCES = ("resnet50_bnneck", "resnet50")
 
@@ -50,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--profile", choices=MODELS, help="print torch.profiler's table of one training step and exit")
     parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--eval", choices=sorted(benchmark_eval.SIZES),
+                        help="benchmark evaluation (ranking) instead, at this test set's size; "
+                             "see tools/benchmark_eval.py for its options")
     args = parser.parse_args(argv)
     if args.batch_size % args.num_instances:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --num-instances {args.num_instances}")
@@ -169,6 +176,10 @@ def spread(values: List[float]) -> str:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--eval" or a.startswith("--eval=") for a in argv):
+        benchmark_eval.main(argv)
+        return
     args = parse_args(argv)
     torch.manual_seed(0)
     data = make_batch(args)

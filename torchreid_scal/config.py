@@ -149,6 +149,8 @@ def get_default_config() -> CN:
     cfg.test.visrank_topk = 10
     cfg.test.feature = "bn"  # SCAL: retrieval feature of the resnet50_scal family, bn | pool
     cfg.test.amp = False  # SCAL plugin: mixed precision for feature extraction
+    cfg.test.evaluator = "fast"  # SCAL plugin: fast (torchreid_scal.evaluation) | torchreid (its evaluate_rank)
+    cfg.test.eval_memory_mb = 256  # SCAL plugin: working-memory budget of the fast evaluator's query chunks
 
     cfg.scal = CN()  # SCAL: the method's own settings (the attention kind is chosen by model.name)
     cfg.scal.reduction = 16
@@ -306,13 +308,14 @@ def validate(cfg: CN) -> None:
     _choice("loss.name", cfg.loss.name, ["softmax", "triplet", "scal"])
     _choice("test.feature", cfg.test.feature, ["bn", "pool"])
     _choice("test.dist_metric", cfg.test.dist_metric, ["euclidean", "cosine"])
+    _choice("test.evaluator", cfg.test.evaluator, ["fast", "torchreid"])
     _choice("model.last_stride", cfg.model.last_stride, [1, 2])
     _choice("train.optim", cfg.train.optim, _torchreid.optim.optimizer.AVAI_OPTIMS)
     _choice("scal.critic_optim", cfg.scal.critic_optim, _torchreid.optim.optimizer.AVAI_OPTIMS)
     _choice("train.lr_scheduler", cfg.train.lr_scheduler, _torchreid.optim.lr_scheduler.AVAI_SCH)
     _choice("sampler.train_sampler", cfg.sampler.train_sampler, _torchreid.data.sampler.AVAI_SAMPLERS)
     _positive(cfg, "train.batch_size", "test.batch_size", "sampler.num_instances", "data.height", "data.width",
-              "train.lr", "scal.reduction", "scal.critic_lr", "train.print_freq")
+              "train.lr", "scal.reduction", "scal.critic_lr", "train.print_freq", "test.eval_memory_mb")
     _positive(cfg, "train.max_epoch", "train.start_epoch", "train.warmup_epochs", "scal.critic_warmup_epochs",
               "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
               "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",

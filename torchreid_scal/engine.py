@@ -7,31 +7,43 @@ rewards → the four losses, each routed to the parameters it may move → one b
 from __future__ import annotations
 
 import math
+import os
 import random
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from . import _torchreid, distributed
 from .checkpoint import NonFiniteError, SafeCheckpointing
 from .critic_diagnostics import diagnose_critics
 from .critic_metrics import critic_summary, pearson
+from .evaluation import distance_matrix, evaluate, evaluate_distances, rerank_distances
 from .models import StageCritics
 from .precision import Precision
 from .rewards import Rewards, compute_rewards
 
 
+EVALUATORS = ("fast", "torchreid")
+
+
 class EngineMixin(SafeCheckpointing):
     """What this package adds to torchreid's engines: checkpoints that reload safely
     (:class:`SafeCheckpointing`), mixed precision for training (``amp``) and feature extraction
-    (``test_amp``), channels-last inputs, and a result printout that does not raise IndexError when the
-    gallery is smaller than the largest requested rank."""
+    (``test_amp``), channels-last inputs, the ``fast`` evaluator (:mod:`torchreid_scal.evaluation`, in chunks
+    of ``eval_memory_mb``; ``evaluator='torchreid'`` keeps torchreid's), and a result printout that does not
+    raise IndexError when the gallery is smaller than the largest requested rank."""
 
     def __init__(self, *args, amp: bool = False, test_amp: bool = False, channels_last: bool = False,
-                 checkpoint_freq: int = 1, keep_last: int = 0, **kwargs) -> None:
+                 checkpoint_freq: int = 1, keep_last: int = 0, evaluator: str = "fast", eval_memory_mb: float = 256,
+                 **kwargs) -> None:
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"evaluator {evaluator!r} is not one of {list(EVALUATORS)}")
         super().__init__(*args, **kwargs)
+        self.evaluator = evaluator
+        self.eval_memory_mb = eval_memory_mb
         self.device = torch.device("cuda" if self.use_gpu else "cpu")
         self.precision = Precision(self.device, amp)
         self.test_precision = Precision(self.device, test_amp)
@@ -128,8 +140,64 @@ class EngineMixin(SafeCheckpointing):
 
     def _evaluate(self, *args, ranks: Sequence[int] = (1, 5, 10, 20), gallery_loader=None, **kwargs):
         size = len(gallery_loader.dataset)
-        return super()._evaluate(*args, ranks=[r for r in ranks if r <= size] or [1],
-                                 gallery_loader=gallery_loader, **kwargs)
+        evaluate_with = super()._evaluate if self.evaluator == "torchreid" else self._evaluate_fast
+        return evaluate_with(*args, ranks=[r for r in ranks if r <= size] or [1], gallery_loader=gallery_loader,
+                             **kwargs)
+
+    def _features(self, loader):
+        features, pids, camids = [], [], []
+        for data in loader:
+            imgs, pid, camid = self.parse_data_for_eval(data)
+            features.append(self.extract_features(imgs))
+            pids.append(pid)
+            camids.append(camid)
+        return torch.cat(features), torch.cat(pids), torch.cat(camids)
+
+    @torch.no_grad()
+    def _evaluate_fast(self, dataset_name: str = "", query_loader=None, gallery_loader=None,
+                       dist_metric: str = "euclidean", normalize_feature: bool = False, visrank: bool = False,
+                       visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
+                       ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False):
+        """torchreid's ``_evaluate`` with :func:`evaluate`: the features stay on the device and are ranked in
+        chunks; a full distance matrix is built only for re-ranking or ranked pictures (``visrank``)."""
+        print("Extracting features from query set ...")
+        qf, q_pids, q_camids = self._features(query_loader)
+        print(f"Done, obtained {qf.size(0)}-by-{qf.size(1)} matrix")
+        print("Extracting features from gallery set ...")
+        gf, g_pids, g_camids = self._features(gallery_loader)
+        print(f"Done, obtained {gf.size(0)}-by-{gf.size(1)} matrix")
+        if normalize_feature:
+            print("Normalizing features with L2 norm ...")
+            qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+        labels = (q_pids, g_pids, q_camids, g_camids)
+        options = dict(max_rank=max(ranks), cuhk03=use_metric_cuhk03, memory_mb=self.eval_memory_mb)
+        print(f"Computing CMC, mAP and mINP with metric={dist_metric} ...")
+        distmat = None
+        if rerank:
+            print("Applying person re-ranking ...")
+            distmat = rerank_distances(qf, gf, dist_metric)
+        elif visrank:
+            distmat = distance_matrix(qf, gf, dist_metric).cpu().numpy()
+        if distmat is None:
+            result = evaluate(qf, gf, *labels, dist_metric=dist_metric, **options)
+        else:
+            result = evaluate_distances(distmat, *labels, **options)
+        print("** Results **")
+        print(f"mAP: {result.mAP:.1%}")
+        print(f"mINP: {result.mINP:.1%}")
+        print("CMC curve")
+        for r in ranks:
+            print(f"Rank-{r:<3}: {result.cmc[r - 1]:.1%}")
+        if result.num_skipped:
+            print(f"{result.num_skipped} queries without a match in another camera were skipped")
+        if self.writer is not None:
+            self.writer.add_scalar(f"Test/{dataset_name}/mINP", result.mINP, self.epoch)
+        if visrank:
+            _torchreid.utils.visualize_ranked_results(
+                distmat, self.datamanager.fetch_test_loaders(dataset_name), self.datamanager.data_type,
+                width=self.datamanager.width, height=self.datamanager.height,
+                save_dir=os.path.join(save_dir, "visrank_" + dataset_name), topk=visrank_topk)
+        return float(result.cmc[0]), result.mAP
 
 
 class ImageSoftmaxEngine(EngineMixin, _torchreid.engine.ImageSoftmaxEngine):

@@ -25,3 +25,23 @@ def test_benchmark_json_has_every_figure(tmp_path):
     assert report["settings"]["height"] == 64 and report["versions"]["torchreid_layout"] == "pypi"
     assert all(len(report["raw"][m]["train_step_s"]) == 2 for m in MODELS)
     assert "resnet50_scal_spatial" in result.stdout and "step/resnet50_bn" in result.stdout
+
+
+def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
+    out = tmp_path / "eval.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--eval", "market1501", "--scale", "0.02",
+         "--dim", "32", "--memory-mb", "0.05", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    methods = set(report["rank_s"])
+    assert {"torchreid_python", "fast"} <= methods <= {"torchreid_python", "torchreid_cython", "fast"}
+    assert set(report["peak_rss_mb"]) == methods and report["distance_s"] > 0
+    assert all(report["rank_s"][m] > 0 and report["peak_rss_mb"][m] > 0 for m in methods)
+    assert report["sizes"] == {"queries": 67, "gallery": 318, "ids": 15, "cameras": 6, "distractors": 56}
+    raw = report["raw"]
+    assert abs(raw["fast"]["mAP"] - raw["torchreid_python"]["mAP"]) < 1e-6
+    assert abs(raw["fast"]["rank1"] - raw["torchreid_python"]["rank1"]) < 1e-6 and raw["fast"]["rank1"] > 0
+    assert "market1501-sized evaluation" in result.stdout and report["cpu"]

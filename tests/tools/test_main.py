@@ -60,6 +60,18 @@ def test_test_only_from_the_saved_checkpoint(scal_run, tiny, tmp_path):
     assert len(os.listdir(ranked)) == 50  # one picture per query
 
 
+def test_fast_and_torchreid_evaluators_print_the_same_results(scal_run, tiny, tmp_path):
+    weights = os.path.join(scal_run[0], "model", "model.pth.tar-1")
+    printed = {}
+    for evaluator in ("fast", "torchreid"):
+        result = main_py("--config-file", DEMO, *tiny, "test.evaluate", "True", "model.load_weights", weights,
+                         "test.evaluator", evaluator, "data.save_dir", str(tmp_path / evaluator))
+        assert result.returncode == 0, result.stderr[-3000:]
+        printed[evaluator] = [line for line in result.stdout.splitlines() if line.startswith(("mAP:", "Rank-"))]
+        assert ("mINP:" in result.stdout) == (evaluator == "fast")
+    assert printed["fast"] == printed["torchreid"] and len(printed["fast"]) == 5, printed
+
+
 def test_test_only_without_weights_warns(tiny, tmp_path):
     result = main_py("--config-file", DEMO, *tiny, "test.evaluate", "True", "data.save_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
