@@ -154,14 +154,15 @@ class SCALResNet(nn.Module):
         in_place = not keep_stages and not torch.is_grad_enabled()  # nobody else holds X_k: multiply in place
         h = x
         for k, stage in enumerate(self.stages()):
-            h = stem if (k == 0 and stem is not None) else stage(h)
+            given = k == 0 and stem is not None  # the caller's tensor: never written to
+            h = stem if given else stage(h)
             if keep_stages:
                 features.append(h)
             if attend:
                 a = self.agents[k](h)
                 if map_fn is not None:
                     a = map_fn(k, a)
-                h = h.mul_(a) if in_place else h * a
+                h = h.mul_(a) if in_place and not given else h * a
                 if keep_stages:
                     maps.append(a)
         return features, maps, h
