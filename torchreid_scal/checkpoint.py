@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
-from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -71,16 +72,49 @@ def save_checkpoint(state: Mapping[str, Any], path: str) -> str:
     return write_atomically(path, lambda f: torch.save(to_plain(dict(state)), f))
 
 
+def _numpy_scalar_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
+    """What unpickling a NumPy number needs, and nothing more: the function that rebuilds a scalar (under the
+    name this NumPy pickles it with and the other major version's: ``numpy._core`` was ``numpy.core`` before
+    NumPy 2), ``numpy.dtype``, and the dtype classes of booleans and numbers. Arrays and objects stay refused."""
+    scalar = np.float64(0).__reduce__()[0]
+    names = {f"{scalar.__module__}.{scalar.__name__}", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    kinds = {type(np.dtype(code)) for code in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]}
+    return [(scalar, name) for name in sorted(names)] + [np.dtype, *sorted(kinds, key=str)]
+
+
+_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _load_failure(err: BaseException) -> str:
+    """Why torch could not load a file, on one line: torch's reason without its terminal colour codes, and without
+    its advice to allowlist globals or load unsafely (neither is right for a file that this tool refuses)."""
+    text = _ESCAPE.sub("", str(err))
+    if "Weights only load failed" in text:
+        paragraphs = [p for p in re.split(r"\n\s*\n", text.split("WeightsUnpickler error:")[-1])
+                      if p.strip() and not p.strip().startswith("Check the documentation")]
+        text = paragraphs[-1].split(" Please use `torch.serialization", 1)[0] if paragraphs else text
+    reason = " ".join(text.split())
+    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+
+
 def load_checkpoint(path: str, map_location: Optional[str] = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; the error names the file and what went wrong."""
+    """Read a checkpoint with ``weights_only=True``, allowing only NumPy numbers beyond torch's own safe types
+    (torchreid's engines save ``rank1`` as one); the error names the file and what went wrong."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path {path} is a directory: give a checkpoint file in it "
+                              "(e.g. model/model.pth.tar-N), or model.resume auto with data.save_dir")
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), probably from an interrupted copy or save; "
+                              "use another checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(
-            f"refusing to load {path}: it is not a checkpoint that loads with weights_only=True "
-            f"(tensors and plain containers only). {type(err).__name__}: {str(err).splitlines()[0]}"
+            f"refusing to load {path}: it is not a checkpoint that loads with weights_only=True (tensors, plain "
+            f"containers and NumPy numbers only). {_load_failure(err)}"
         ) from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dictionary")

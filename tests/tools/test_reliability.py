@@ -9,10 +9,16 @@ import subprocess
 import sys
 import time
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 
+from torchreid_scal import _torchreid
+from torchreid_scal.config import load_config, optimizer_kwargs
 from torchreid_scal.datasets.demo import SCALDemo
+from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MAIN = os.path.join(REPO, "tools", "main.py")
@@ -134,3 +140,33 @@ def test_resume_from_another_configuration_touches_nothing(template, tmp_path):
                      "model.resume", "auto")
     assert result.returncode == 5 and "cannot resume model" in result.stderr
     assert {p: p.read_bytes() for p in (save_dir / "model").iterdir()} == files
+
+
+def torchreid_saved(save_dir, cfg):
+    """A checkpoint written by torchreid's own ``ImageTripletEngine.save_model`` (its ``save_checkpoint``, with
+    ``rank1`` a NumPy scalar as its evaluation returns it), of the model and optimizer ``cfg`` describes."""
+    model = build_model(cfg, 50)
+    optimizer = _torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
+    datamanager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=50)
+    scheduler = build_scheduler(cfg, optimizer)
+    stock = _torchreid.engine.ImageTripletEngine(datamanager, model, optimizer, scheduler=scheduler, use_gpu=False)
+    stock.save_model(0, np.float64(0.25), str(save_dir))
+    return save_dir / "model" / "model.pth.tar-1", model
+
+
+def test_torchreids_own_checkpoints_load_and_resume(template, tmp_path):
+    opts = ["model.name", "resnet50_bnneck", "loss.name", "triplet", "train.max_epoch", "2"]
+    cfg = load_config(DEMO, ["data.root", str(template), "data.save_dir", str(tmp_path / "run"), *TINY, *opts])
+    path, trained = torchreid_saved(tmp_path / "torchreid", cfg)
+
+    evaluated = main_py(template, tmp_path / "eval", *opts, "test.evaluate", "True", "model.load_weights", str(path))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert f"from {path}" in evaluated.stdout and "mAP:" in evaluated.stdout
+
+    device = torch.device("cpu")
+    model = build_model(cfg, 50)
+    optimizer = _torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
+    scheduler = build_scheduler(cfg, optimizer)
+    engine = build_engine(cfg, build_datamanager(cfg, device), model, optimizer, scheduler, device)
+    assert engine.resume(str(path)) == 1
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
