@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from conftest import HEIGHT, WIDTH
+from torchreid_scal.checkpoint import save_checkpoint
 from torchreid_scal.config import ConfigError
 from torchreid_scal.distributed import DistributedIdentitySampler, convert_sync_batchnorm, wrap
 from torchreid_scal.engine import ImageSCALEngine
@@ -113,16 +114,21 @@ def test_two_processes_on_halves_equal_one_process_on_the_whole(tmp_path):
     assert worst < 1e-5 < change, (worst, change)
 
 
-def test_torchrun_trains_on_the_demo_dataset(tmp_path):
+def torchrun(tmp_path, *opts: str) -> subprocess.CompletedProcess:
+    """tools/main.py in two gloo processes: one epoch of the demo job at 64x32, saved to ``tmp_path/log``."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          os.path.join(REPO, "tools", "main.py"), "--config-file", os.path.join(REPO, "configs", "scal_demo.yaml"),
          "data.root", str(tmp_path / "data"), "data.save_dir", str(tmp_path / "log"), "data.height", "64",
          "data.width", "32", "data.workers", "0", "train.max_epoch", "1", "train.warmup_epochs", "0",
-         "train.print_freq", "2"],
+         "train.print_freq", "2", *opts],
         capture_output=True, text=True, timeout=900, env=env, cwd=REPO,
     )
+
+
+def test_torchrun_trains_on_the_demo_dataset(tmp_path):
+    result = torchrun(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Distributed: 2 processes, 16 images each per step" in result.stdout
     assert result.stdout.count("Show configuration") == 1 and "mAP:" in result.stdout
@@ -183,3 +189,20 @@ def test_sync_bn_keeps_the_bnneck_bias_a_frozen_buffer(tmp_path):
         fresh.load_state_dict(facts["state"])
         synced = convert_sync_batchnorm(fresh)
         synced.load_state_dict(facts["state"])
+
+
+def test_fixbase_epoch_and_staged_lr_under_torchrun(tmp_path):
+    """Findings 3 and 4 of issue 14: under DDP, fixbase_epoch crashed (torchreid unwraps only DataParallel) and
+    staged_lr gave the new layers the base learning rate (every name began with ``module.``)."""
+    initial = create_model("resnet50_scal", 50, loss="triplet", pretrained=False, height=64, width=32).state_dict()
+    start = save_checkpoint({"state_dict": initial}, str(tmp_path / "initial.pth"))
+    result = torchrun(tmp_path, "model.load_weights", start, "train.fixbase_epoch", "1",
+                      "train.open_layers", "['classifier']", "train.staged_lr", "True",
+                      "train.new_layers", "['classifier']", "train.base_lr_mult", "0.1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "* Only train ['classifier'] (epoch: 1/1)" in result.stdout
+    state = torch.load(tmp_path / "log" / "model" / "model.pth.tar-1", weights_only=True)
+    assert {k for k, v in initial.items() if not torch.equal(v, state["state_dict"][k])} == {"classifier.weight"}
+    base, new = state["optimizer"]["param_groups"]
+    assert len(new["params"]) == 1 and len(base["params"]) > 100
+    assert base["lr"] == pytest.approx(0.1 * new["lr"]) and new["lr"] == pytest.approx(3.5e-4)

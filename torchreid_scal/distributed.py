@@ -74,9 +74,10 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
+def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False, frozen_layers: bool = False) -> nn.Module:
     """``module`` in DistributedDataParallel when there are several processes (with SyncBatchNorm if asked,
-    which PyTorch implements for GPUs only)."""
+    which PyTorch implements for GPUs only). ``frozen_layers``: some parameters will get no gradient in some
+    steps (torchreid's ``fixbase_epoch``), which DDP must look for in every step (``find_unused_parameters``)."""
     if world().size == 1:
         return module
     if sync_bn:
@@ -84,7 +85,8 @@ def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.M
             raise ConfigError(f"train.sync_bn True needs GPUs (PyTorch's SyncBatchNorm has no {device.type} "
                               "implementation): set train.sync_bn False to train on this device")
         module = convert_sync_batchnorm(module)
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=frozen_layers)
 
 
 class DistributedIdentitySampler(Sampler):

@@ -61,6 +61,12 @@ class EngineMixin(SafeCheckpointing):
         if self.save_dir and self.checkpoint_freq > 0 and (self.epoch + 1) % self.checkpoint_freq == 0:
             self.save_model(self.epoch, float("nan"), self.save_dir)
 
+    def two_stepped_transfer_learning(self, epoch: int, fixbase_epoch: int, open_layers, model=None) -> None:
+        """torchreid's ``fixbase_epoch``, applied to the network itself: torchreid's ``open_specified_layers``
+        unwraps DataParallel but not DistributedDataParallel."""
+        super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers,
+                                              model=self.network if model is None else model)
+
     def test(self, *args, **kwargs):
         """torchreid's evaluation, on rank 0 only (the others wait), run on a copy of the random generators:
         evaluating must not change what the next training epoch draws, or a resumed run would differ from an
