@@ -167,6 +167,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 CHECKPOINT_PREFIX = "model.pth.tar-"
+"""``model.pth.tar-<E>``: after epoch E; ``model.pth.tar-<E>+<S>``: after epoch E and S steps of the next."""
 LATEST = "latest"
 
 
@@ -204,18 +205,29 @@ class SafeCheckpointing:
     """
 
     keep_last: int = 0
+    resume_position: Optional[Dict[str, Any]] = None
+    """Set by :meth:`resume` from a mid-epoch checkpoint: ``step`` (batches done), the random generators'
+    states when the epoch began (``epoch_rng``) and at the interruption (``rng``), the engine's ``progress``."""
 
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> Optional[str]:
         """Write the checkpoint of ``epoch`` (0-based) on rank 0; every process waits for it."""
-        if not distributed.world().is_main:
-            distributed.barrier()
-            return None
-        path = self._write_checkpoint(epoch, rank1, save_dir)
+        return self._on_main_process(lambda: self._write_checkpoint(epoch, rank1, save_dir))
+
+    def save_within_epoch(self, position: Mapping[str, Any], save_dir: str) -> Optional[str]:
+        """Write a checkpoint in the middle of epoch ``self.epoch`` (0-based) on rank 0, every process waiting:
+        ``position`` holds ``step`` (the batches done), ``epoch_rng`` and ``progress`` (see ``resume_position``).
+        Its ``epoch`` field counts the finished epochs, as in torchreid's checkpoints."""
+        return self._on_main_process(lambda: self._write_checkpoint(self.epoch - 1, float("nan"), save_dir, position))
+
+    @staticmethod
+    def _on_main_process(write: Callable[[], str]) -> Optional[str]:
+        path = write() if distributed.world().is_main else None
         distributed.barrier()
         return path
 
-    def _write_checkpoint(self, epoch: int, rank1: float, save_dir: str) -> str:
-        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state()}
+    def _write_checkpoint(self, epoch: int, rank1: float, save_dir: str,
+                          position: Optional[Mapping[str, Any]] = None) -> str:
+        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state(), **(position or {})}
         precision = getattr(self, "precision", None)
         if precision is not None:
             state["amp_scaler"] = precision.state_dict()
@@ -230,8 +242,14 @@ class SafeCheckpointing:
             else:
                 state[name] = entry
         directory = os.path.join(save_dir, "model")
-        path = save_checkpoint(state, os.path.join(directory, f"{CHECKPOINT_PREFIX}{epoch + 1}"))
+        name = f"{CHECKPOINT_PREFIX}{epoch + 1}" + (f"+{position['step']}" if position else "")
+        path = save_checkpoint(state, os.path.join(directory, name))
         write_atomically(os.path.join(directory, LATEST), lambda f: f.write(f"{os.path.basename(path)}\n".encode()))
+        if position is None:  # this epoch's checkpoint supersedes the mid-epoch ones before it
+            for old in os.listdir(directory):
+                finished, plus, _ = old[len(CHECKPOINT_PREFIX):].partition("+")
+                if old.startswith(CHECKPOINT_PREFIX) and plus and finished.isdigit() and int(finished) <= epoch:
+                    os.remove(os.path.join(directory, old))
         if self.keep_last > 0:
             saved = sorted((int(f[len(CHECKPOINT_PREFIX):]), f) for f in os.listdir(directory)
                            if f.startswith(CHECKPOINT_PREFIX) and f[len(CHECKPOINT_PREFIX):].isdigit())
@@ -269,5 +287,10 @@ class SafeCheckpointing:
         if "rng" in state:
             set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
-        print(f"Resumed from {path}: next epoch {self.epoch + 1}, last rank-1 {state.get('rank1', float('nan')):.1%}")
+        self.resume_position = None
+        where = f"next epoch {self.epoch + 1}"
+        if "step" in state:
+            self.resume_position = {key: state[key] for key in ("step", "epoch_rng", "rng", "progress")}
+            where = f"epoch {self.epoch + 1} continues after step {state['step']}"
+        print(f"Resumed from {path}: {where}, last rank-1 {state.get('rank1', float('nan')):.1%}")
         return self.epoch

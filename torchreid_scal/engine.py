@@ -6,20 +6,23 @@ rewards → the four losses, each routed to the parameters it may move → one b
 """
 from __future__ import annotations
 
+import datetime
 import math
 import random
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import _torchreid, distributed
-from .checkpoint import NonFiniteError, SafeCheckpointing
+from .checkpoint import NonFiniteError, SafeCheckpointing, rng_state, set_rng_state
 from .critic_diagnostics import diagnose_critics
 from .critic_metrics import critic_summary, pearson
 from .models import StageCritics
 from .precision import Precision
+from .preemption import Preempted, StopSignals, resumed_loader
 from .rewards import Rewards, compute_rewards
 
 
@@ -39,27 +42,105 @@ class EngineMixin(SafeCheckpointing):
         self.checkpoint_freq = checkpoint_freq
         self.keep_last = keep_last
         self.save_dir = ""
+        self.stop_signals = StopSignals()
+        self._epoch_rng: Dict[str, Any] = {}
 
     @property
     def network(self) -> nn.Module:
         """The model itself, unwrapped from DataParallel/DistributedDataParallel."""
         return getattr(self.model, "module", self.model)
 
-    def run(self, save_dir: str = "log", **kwargs) -> None:
+    def run(self, save_dir: str = "log", test_only: bool = False, **kwargs) -> None:
+        """torchreid's ``run``; while training, SIGTERM, SIGUSR1 and SIGINT stop it after the step in progress,
+        with a checkpoint of that position (:meth:`train`), and raise :class:`Preempted`."""
         self.save_dir = save_dir
         if not distributed.world().is_main:
             self.writer = distributed.NullWriter()
-        super().run(save_dir=save_dir, **kwargs)
+        if test_only:
+            super().run(save_dir=save_dir, test_only=True, **kwargs)
+            return
+        with self.stop_signals:
+            try:
+                super().run(save_dir=save_dir, **kwargs)
+            except Preempted:
+                if self.writer is not None:
+                    self.writer.close()
+                raise
 
-    def train(self, *args, **kwargs) -> None:
-        """torchreid's epoch (with the distributed sampler told which epoch it is), then a checkpoint every
-        ``checkpoint_freq`` epochs (for resuming after a crash)."""
+    def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers=None) -> None:
+        """One epoch as torchreid's ``Engine.train`` runs it (same printout and TensorBoard scalars), then a
+        checkpoint every ``checkpoint_freq`` epochs. After a stop signal it writes a checkpoint after the step
+        in progress and raises :class:`Preempted` (a signal during evaluation or saving takes effect after the
+        next step); resumed from that checkpoint, it continues with the next step exactly as the uninterrupted
+        epoch would have (see :meth:`_epoch_batches`)."""
+        self.set_model_mode("train")
+        self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers)
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
-        super().train(*args, **kwargs)
+        self.num_batches = len(self.train_loader)
+        start, batches = self._epoch_batches()
+        losses = _torchreid.utils.MetricMeter()
+        batch_time, data_time = _torchreid.utils.AverageMeter(), _torchreid.utils.AverageMeter()
+        end = time.time()
+        for self.batch_idx, data in enumerate(batches, start):
+            data_time.update(time.time() - end)
+            losses.update(self.forward_backward(data))
+            batch_time.update(time.time() - end)
+            self._report_step(losses, batch_time, data_time, print_freq)
+            if self.stop_signals.requested(self.device):
+                self._stop(self.batch_idx + 1)
+            end = time.time()
+        self.update_lr()
         if self.save_dir and self.checkpoint_freq > 0 and (self.epoch + 1) % self.checkpoint_freq == 0:
             self.save_model(self.epoch, float("nan"), self.save_dir)
+
+    def _epoch_batches(self) -> Tuple[int, Iterable]:
+        """The step this epoch starts at and its batches from there: normally 0 and the train loader. Resumed
+        from a mid-epoch checkpoint: the steps done, and the loader's epoch without their batches, drawn with
+        the random generators as they were when the epoch began (so the sampler draws the same order) and
+        continued with them as they were at the interruption (so the augmentations are the same too)."""
+        position, self.resume_position = self.resume_position, None
+        if position is None:
+            self._epoch_rng = rng_state()
+            return 0, self.train_loader
+        self._epoch_rng = position["epoch_rng"]
+        self.restore_epoch_progress(position["progress"])
+        set_rng_state(self._epoch_rng)
+        return position["step"], resumed_loader(self.train_loader, position["step"],
+                                                lambda: set_rng_state(position["rng"]))
+
+    def _stop(self, step: int) -> None:
+        """Write a checkpoint after ``step`` batches of this epoch and raise :class:`Preempted`."""
+        position = {"step": step, "epoch_rng": self._epoch_rng, "progress": self.epoch_progress()}
+        path = self.save_within_epoch(position, self.save_dir)
+        written = f"checkpoint {path} written" if path else "rank 0 wrote the checkpoint"
+        raise Preempted(f"{self.stop_signals.name} received after step {step} of epoch {self.epoch + 1}: {written}; "
+                        "continue with model.resume auto")
+
+    def epoch_progress(self) -> Dict[str, Any]:
+        """What the engine has gathered over the epoch so far, beyond the weights, for a mid-epoch checkpoint."""
+        return {}
+
+    def restore_epoch_progress(self, progress: Dict[str, Any]) -> None:
+        """Take back what :meth:`epoch_progress` returned, when resuming within that epoch."""
+
+    def _report_step(self, losses, batch_time, data_time, print_freq: int) -> None:
+        """torchreid's per-step printout (every ``print_freq`` steps) and TensorBoard scalars."""
+        step = self.batch_idx + 1
+        if step % print_freq == 0:
+            remaining = self.num_batches - step + (self.max_epoch - self.epoch - 1) * self.num_batches
+            eta = datetime.timedelta(seconds=int(batch_time.avg * remaining))
+            print(f"epoch: [{self.epoch + 1}/{self.max_epoch}][{step}/{self.num_batches}]\t"
+                  f"time {batch_time.val:.3f} ({batch_time.avg:.3f})\tdata {data_time.val:.3f} ({data_time.avg:.3f})\t"
+                  f"eta {eta}\t{losses}\tlr {self.get_current_lr():.6f}")
+        if self.writer is not None:
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            self.writer.add_scalar("Train/time", batch_time.avg, n_iter)
+            self.writer.add_scalar("Train/data", data_time.avg, n_iter)
+            for name, meter in losses.meters.items():
+                self.writer.add_scalar("Train/" + name, meter.avg, n_iter)
+            self.writer.add_scalar("Train/lr", self.get_current_lr(), n_iter)
 
     def two_stepped_transfer_learning(self, epoch: int, fixbase_epoch: int, open_layers, model=None) -> None:
         """torchreid's ``fixbase_epoch``, applied to the network itself: torchreid's ``open_specified_layers``
@@ -357,3 +438,12 @@ class ImageSCALEngine(ImageTripletEngine):
         if self.writer is not None:
             for key, value in stats.items():
                 self.writer.add_scalar(f"Epoch/{key}", value, self.epoch + 1)
+
+    def epoch_progress(self) -> Dict[str, Any]:
+        """The epoch's critic record so far, so that after resuming within the epoch its statistics still cover
+        all of its images."""
+        return {"critic_record": torch.cat(self._epoch_record, dim=1)} if self._epoch_record else {}
+
+    def restore_epoch_progress(self, progress: Dict[str, Any]) -> None:
+        record = progress.get("critic_record")
+        self._epoch_record = [record.to(self.device)] if record is not None else []

@@ -56,13 +56,28 @@ def weights(path):
             **{f"critic.{k}": v for k, v in state["critic"]["state_dict"].items()}}
 
 
-def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, tmp_path):
-    opts = ["train.max_epoch", "3", "train.seed", "7"]
-    reference = main_py(template, tmp_path / "reference", *opts)
-    assert reference.returncode == 0, reference.stderr[-2000:]
+RESUMABLE = ["train.max_epoch", "2", "train.seed", "7"]
 
+
+@pytest.fixture(scope="module")
+def reference(template, tmp_path_factory):
+    """The checkpoints of an uninterrupted two-epoch run, which every interrupted and resumed run must equal."""
+    save_dir = tmp_path_factory.mktemp("reference")
+    result = main_py(template, save_dir, *RESUMABLE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return save_dir / "model"
+
+
+def assert_same_weights(expected_path, actual_path):
+    expected, actual = weights(expected_path), weights(actual_path)
+    assert expected.keys() == actual.keys()
+    worst = max((expected[k].double() - actual[k].double()).abs().max().item() for k in expected)
+    assert worst <= 1e-6, worst
+
+
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, reference, tmp_path):
     victim_dir = tmp_path / "victim"
-    victim = subprocess.Popen(command(template, victim_dir, *opts), stdout=subprocess.DEVNULL,
+    victim = subprocess.Popen(command(template, victim_dir, *RESUMABLE), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     latest = victim_dir / "model" / "latest"
     deadline = time.monotonic() + 600
@@ -73,14 +88,36 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(templ
     assert victim.returncode == -signal.SIGKILL
     assert latest.read_text().strip() == "model.pth.tar-1", "the kill should land during epoch 2"
 
-    resumed = main_py(template, victim_dir, *opts, "model.resume", "auto")
+    resumed = main_py(template, victim_dir, *RESUMABLE, "model.resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resumed from" in resumed.stdout and "next epoch 2" in resumed.stdout
-    expected = weights(tmp_path / "reference" / "model" / "model.pth.tar-3")
-    actual = weights(victim_dir / "model" / "model.pth.tar-3")
-    assert expected.keys() == actual.keys()
-    worst = max((expected[k].double() - actual[k].double()).abs().max().item() for k in expected)
-    assert worst <= 1e-6, worst
+    assert_same_weights(reference / "model.pth.tar-2", victim_dir / "model" / "model.pth.tar-2")
+
+
+def test_sigterm_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, reference, tmp_path):
+    model_dir = tmp_path / "victim" / "model"
+    model_dir.mkdir(parents=True)
+    shutil.copy(reference / "model.pth.tar-1", model_dir)  # this run has done its first epoch, as the reference
+    (model_dir / "latest").write_text("model.pth.tar-1\n")
+    opts = [*RESUMABLE, "train.print_freq", "1", "model.resume", "auto"]
+    victim = subprocess.Popen(command(template, model_dir.parent, *opts), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in victim.stdout:
+        if line.startswith("epoch: [2/2][3/12]"):
+            victim.send_signal(signal.SIGTERM)
+            break
+    _, stderr = victim.communicate(timeout=600)
+    assert victim.returncode == 6, stderr[-2000:]
+    latest = (model_dir / "latest").read_text().strip()
+    finished, step = latest[len("model.pth.tar-"):].split("+")
+    assert finished == "1" and 3 <= int(step) < 12, latest
+    assert f"stopped: SIGTERM received after step {step} of epoch 2: checkpoint {model_dir}" in stderr
+
+    resumed = main_py(template, model_dir.parent, *opts)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"epoch 2 continues after step {step}" in resumed.stdout and "epoch: [2/2][1/12]" not in resumed.stdout
+    assert_same_weights(reference / "model.pth.tar-2", model_dir / "model.pth.tar-2")
+    assert sorted(os.listdir(model_dir)) == ["latest", "model.pth.tar-1", "model.pth.tar-2"]
 
 
 def test_corrupt_image_is_named(data_root, tmp_path):
