@@ -11,6 +11,7 @@ import torch
 
 from conftest import HEIGHT, WIDTH
 from torchreid_scal import _torchreid
+from torchreid_scal.cli import run_tool
 from torchreid_scal.datasets.demo import SCALDemo
 from torchreid_scal.engine import ImageSCALEngine
 from torchreid_scal.models import StageCritics, create_model
@@ -98,12 +99,25 @@ def test_signal_mid_epoch_then_resume_equals_an_uninterrupted_run(datamanager, t
     assert sorted(os.listdir(os.path.join(save_dir, "model"))) == ["latest", "model.pth.tar-1", "model.pth.tar-2"]
 
 
-def test_stop_signals_raise_a_flag_and_a_second_ctrl_c_interrupts():
-    before = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+def test_stop_signals_raise_a_flag_and_a_second_ctrl_c_interrupts(first):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     with StopSignals() as stop:
         assert not stop.requested(torch.device("cpu"))
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested(torch.device("cpu")) and stop.name == "SIGTERM"
+        os.kill(os.getpid(), first)
+        assert stop.requested(torch.device("cpu")) and stop.name == first.name
         with pytest.raises(KeyboardInterrupt, match="without a checkpoint"):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_tools_exit_6_when_stopped_and_130_when_interrupted(capsys):
+    def stopped():
+        raise Preempted("SIGTERM received after step 3 of epoch 2: checkpoint x written")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_tool(stopped) == 6
+    assert capsys.readouterr().err == "stopped: SIGTERM received after step 3 of epoch 2: checkpoint x written\n"
+    assert run_tool(interrupted) == 130 and capsys.readouterr().err == "interrupted\n"

@@ -6,6 +6,7 @@ needs anything else to load is refused rather than executed.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -292,5 +293,6 @@ class SafeCheckpointing:
         if "step" in state:
             self.resume_position = {key: state[key] for key in ("step", "epoch_rng", "rng", "progress")}
             where = f"epoch {self.epoch + 1} continues after step {state['step']}"
-        print(f"Resumed from {path}: {where}, last rank-1 {state.get('rank1', float('nan')):.1%}")
+        rank1 = state.get("rank1", float("nan"))
+        print(f"Resumed from {path}: {where}" + (f", last rank-1 {rank1:.1%}" if math.isfinite(rank1) else ""))
         return self.epoch
