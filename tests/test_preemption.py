@@ -111,6 +111,17 @@ def test_stop_signals_raise_a_flag_and_a_second_ctrl_c_interrupts(first):
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
+def test_forked_workers_ignore_the_stop_signals():
+    with StopSignals() as stop:
+        pid = os.fork()
+        if pid == 0:  # the child, as a DataLoader worker is forked: it must outlive the signals
+            for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGINT):
+                os.kill(os.getpid(), signum)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and stop.received is None
+
+
 def test_tools_exit_6_when_stopped_and_130_when_interrupted(capsys):
     def stopped():
         raise Preempted("SIGTERM received after step 3 of epoch 2: checkpoint x written")

@@ -10,7 +10,7 @@ import datetime
 import math
 import random
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,9 +28,10 @@ from .rewards import Rewards, compute_rewards
 
 class EngineMixin(SafeCheckpointing):
     """What this package adds to torchreid's engines: checkpoints that reload safely
-    (:class:`SafeCheckpointing`), mixed precision for training (``amp``) and feature extraction
-    (``test_amp``), channels-last inputs, and a result printout that does not raise IndexError when the
-    gallery is smaller than the largest requested rank."""
+    (:class:`SafeCheckpointing`), stopping on SIGTERM, SIGUSR1 or SIGINT with a checkpoint that resumes within
+    the epoch, mixed precision for training (``amp``) and feature extraction (``test_amp``), channels-last
+    inputs, and a result printout that does not raise IndexError when the gallery is smaller than the largest
+    requested rank."""
 
     def __init__(self, *args, amp: bool = False, test_amp: bool = False, channels_last: bool = False,
                  checkpoint_freq: int = 1, keep_last: int = 0, **kwargs) -> None:
@@ -110,7 +111,7 @@ class EngineMixin(SafeCheckpointing):
         return position["step"], resumed_loader(self.train_loader, position["step"],
                                                 lambda: set_rng_state(position["rng"]))
 
-    def _stop(self, step: int) -> None:
+    def _stop(self, step: int) -> NoReturn:
         """Write a checkpoint after ``step`` batches of this epoch and raise :class:`Preempted`."""
         position = {"step": step, "epoch_rng": self._epoch_rng, "progress": self.epoch_progress()}
         path = self.save_within_epoch(position, self.save_dir)

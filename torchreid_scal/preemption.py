@@ -28,9 +28,9 @@ class Preempted(Exception):
 
 class StopSignals:
     """Context manager: while active, SIGTERM, SIGUSR1 and SIGINT set :attr:`received` instead of ending the
-    process; a SIGINT after any of them ends it at once (KeyboardInterrupt). Only the process that entered it
-    is affected: forked children (DataLoader workers) keep the signals' default action. Outside the main
-    thread, where Python cannot install handlers, it does nothing."""
+    process; a SIGINT after any of them ends it at once (KeyboardInterrupt). Forked children (DataLoader
+    workers, which also get Ctrl-C and a cluster's signals) ignore them and keep loading until the process that
+    entered it stops them. Outside the main thread, where Python cannot install handlers, it does nothing."""
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
@@ -50,9 +50,7 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if os.getpid() != self._pid:  # a forked worker: behave as if no handler had been installed
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        if os.getpid() != self._pid:  # a forked worker: the main process decides when to stop
             return
         if signum == signal.SIGINT and self.received is not None:
             raise KeyboardInterrupt("second stop signal (Ctrl-C): stopped at once, without a checkpoint")
