@@ -421,8 +421,9 @@ class ImageSCALEngine(ImageTripletEngine):
 
     def train(self, *args, **kwargs) -> None:
         """torchreid's epoch, then the critics' statistics: over all of the epoch's images (how well they
-        predict the reward) and, on rank 0, on the ``diagnostic_batch`` (:func:`diagnose_critics`: what their
-        gradient is worth to the agents); printed and written to TensorBoard as ``Epoch/<name>``."""
+        predict the reward) and on the ``diagnostic_batch`` (:func:`diagnose_critics`: what their gradient is
+        worth to the agents; computed by every process, as with ``train.sync_bn`` its training-mode passes
+        synchronise the batch statistics across them); printed and written to TensorBoard as ``Epoch/<name>``."""
         self._epoch_record = []
         super().train(*args, **kwargs)
         if not self._epoch_record:
@@ -430,7 +431,7 @@ class ImageSCALEngine(ImageTripletEngine):
         record = torch.cat(self._epoch_record, dim=1)
         values, (reward_c, reward_a, reward) = record[:-3], record[-3:]
         stats = critic_summary(values, reward, reward_c, reward_a, self.critic_net.stages)
-        if self.diagnostic_batch is not None and distributed.world().is_main:
+        if self.diagnostic_batch is not None:
             images, pids = self.diagnostic_batch
             stats.update(diagnose_critics(self.network, self.critic_net, self._images(images),
                                           pids.to(self.device)))
