@@ -4,6 +4,8 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -165,3 +167,66 @@ def test_resume_auto_in_an_empty_directory_starts_at_epoch_1(tmp_path, capsys):
     (tmp_path / "model" / "latest").write_text("model.pth.tar-3\n")
     assert TinyEngine().resume("auto", str(tmp_path)) == 0
     assert "no checkpoint" in capsys.readouterr().out
+
+
+def torchreid_style(path, **extra):
+    """What torchreid's engines save: NumPy scalars left as they are (``rank1`` comes from its evaluation)."""
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3, "rank1": np.float64(0.625), **extra}, path)
+    return str(path)
+
+
+def test_numpy_scalars_of_torchreids_checkpoints_load(tmp_path):
+    path = torchreid_style(tmp_path / "model.pth.tar-3", mAP=np.float32(0.5), count=np.int64(7), ok=np.bool_(True))
+    state = load_checkpoint(path)
+    assert state["rank1"] == 0.625 and state["mAP"] == 0.5 and state["count"] == 7 and state["ok"]
+    assert torch.equal(state["state_dict"]["w"], torch.ones(2))
+
+
+def rename_globals(path, old: bytes, new: bytes) -> None:
+    """Rewrite the pickle inside a torch zip checkpoint, as if written where the module had another name."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in entries:
+            archive.writestr(name, data.replace(old, new) if name.endswith("data.pkl") else data)
+
+
+def test_checkpoints_written_by_numpy_1_load(tmp_path):
+    path = torchreid_style(tmp_path / "old.pth")
+    rename_globals(path, b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+    assert load_checkpoint(path)["rank1"] == 0.625
+
+
+def test_numpy_arrays_and_objects_stay_refused_with_the_reason(tmp_path):
+    array = torchreid_style(tmp_path / "array.pth", extra=np.arange(3))
+    reason = r"Unsupported global: GLOBAL numpy\._core\.multiarray\._reconstruct"
+    with pytest.raises(CheckpointError, match=reason) as refused:
+        load_checkpoint(array)
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
+    evil = tmp_path / "evil.pth"
+    torch.save({"rank1": np.float64(0.5), "payload": Payload()}, evil)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(str(evil))
+    message = str(refused.value)
+    assert "weights_only=True" in message and re.search(r"unsupported GLOBAL (os|posix)\.system", message, re.I)
+    assert "\x1b" not in message and "\n" not in message and "add_safe_globals" not in message
+
+
+def test_the_numpy_allowance_is_scoped_to_our_loads(tmp_path):
+    path = torchreid_style(tmp_path / "model.pth.tar-3")
+    load_checkpoint(path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+
+
+def test_empty_checkpoint_file_is_named(tmp_path):
+    path = tmp_path / "model.pth.tar-1"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"{path} is empty"):
+        load_checkpoint(str(path))
+
+
+def test_checkpoint_path_that_is_a_directory_says_so(tmp_path):
+    with pytest.raises(CheckpointError, match=f"{tmp_path} is a directory") as refused:
+        load_checkpoint(str(tmp_path))
+    assert not isinstance(refused.value, FileNotFoundError)

@@ -2,6 +2,7 @@
 real torchrun run of tools/main.py on the demo dataset."""
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
@@ -15,7 +16,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from conftest import HEIGHT, WIDTH
-from torchreid_scal.distributed import DistributedIdentitySampler, wrap
+from torchreid_scal.checkpoint import save_checkpoint
+from torchreid_scal.config import ConfigError
+from torchreid_scal.distributed import DistributedIdentitySampler, convert_sync_batchnorm, wrap
 from torchreid_scal.engine import ImageSCALEngine
 from torchreid_scal.models import create_model
 
@@ -87,12 +90,15 @@ def _rank(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_processes_on_halves_equal_one_process_on_the_whole(tmp_path):
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_halves_equal_one_process_on_the_whole(tmp_path):
     out = str(tmp_path / "params")
-    mp.spawn(_rank, args=(port, out), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), out), nprocs=2, join=True)
     start = _params(_engine())
     whole = _engine()
     whole.forward_backward(_batch())
@@ -108,18 +114,95 @@ def test_two_processes_on_halves_equal_one_process_on_the_whole(tmp_path):
     assert worst < 1e-5 < change, (worst, change)
 
 
-def test_torchrun_trains_on_the_demo_dataset(tmp_path):
+def torchrun(tmp_path, *opts: str) -> subprocess.CompletedProcess:
+    """tools/main.py in two gloo processes: one epoch of the demo job at 64x32, saved to ``tmp_path/log``."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          os.path.join(REPO, "tools", "main.py"), "--config-file", os.path.join(REPO, "configs", "scal_demo.yaml"),
          "data.root", str(tmp_path / "data"), "data.save_dir", str(tmp_path / "log"), "data.height", "64",
          "data.width", "32", "data.workers", "0", "train.max_epoch", "1", "train.warmup_epochs", "0",
-         "train.print_freq", "2"],
+         "train.print_freq", "2", *opts],
         capture_output=True, text=True, timeout=900, env=env, cwd=REPO,
     )
+
+
+def test_torchrun_trains_on_the_demo_dataset(tmp_path):
+    result = torchrun(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Distributed: 2 processes, 16 images each per step" in result.stdout
     assert result.stdout.count("Show configuration") == 1 and "mAP:" in result.stdout
     state = torch.load(tmp_path / "log" / "model" / "model.pth.tar-1", weights_only=True)
     assert not any(k.startswith("module.") for k in state["state_dict"]) and "critic" in state
+
+
+def _sync_bn_rank(rank: int, port: int, out: str) -> None:
+    """What ``train.sync_bn`` does to the SCAL network in a process of a two-process group, as facts to check."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = create_model("resnet50_scal_channel", 4, loss="triplet", pretrained=False, height=HEIGHT, width=WIDTH)
+        facts = {}
+        try:
+            wrap(model, torch.device("cpu"), sync_bn=True)
+        except ConfigError as err:
+            facts["cpu"] = str(err)
+        plain = copy.deepcopy(model).eval()
+        synced = convert_sync_batchnorm(model).eval()  # eval: SyncBatchNorm's training forward is GPU-only
+        norms = [m for m in synced.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        facts["all_sync"] = all(isinstance(m, nn.SyncBatchNorm) for m in norms) and len(norms) > 50
+        facts["neck"] = type(synced.bottleneck).__name__
+        facts["bias_is_buffer"] = "bias" in synced.bottleneck._buffers and synced.bottleneck.bias is not None
+        facts["params"] = [n for n, _ in synced.named_parameters()] == [n for n, _ in plain.named_parameters()]
+        facts["state"] = synced.state_dict()
+        images = _batch()["img"][:4]
+        with torch.no_grad():
+            facts["same_output"] = torch.allclose(synced(images), plain(images), atol=1e-6)
+        optimizer = torch.optim.SGD(synced.parameters(), lr=0.1)
+        synced.train()
+        for m in norms:
+            m.eval()
+        logits, _ = synced(images)
+        logits.square().sum().backward()
+        optimizer.step()
+        facts["stepped"] = not torch.equal(synced.bottleneck.weight, plain.bottleneck.weight)
+        facts["bias_after_step"] = synced.bottleneck.bias.clone()
+        torch.save(facts, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_bn_keeps_the_bnneck_bias_a_frozen_buffer(tmp_path):
+    """Finding 2 of issue 14: torch's conversion made the BNNeck's bias buffer a parameter and crashed."""
+    out = str(tmp_path / "facts")
+    mp.spawn(_sync_bn_rank, args=(free_port(), out), nprocs=2, join=True)
+    plain_keys = create_model("resnet50_scal_channel", 4, loss="triplet", pretrained=False, height=HEIGHT,
+                              width=WIDTH).state_dict().keys()
+    for rank in range(2):
+        facts = torch.load(f"{out}.{rank}", weights_only=True)
+        assert "train.sync_bn True needs GPUs" in facts["cpu"]
+        assert facts["all_sync"] and facts["neck"] == "SyncBNNeck" and facts["bias_is_buffer"] and facts["params"]
+        assert facts["same_output"] and facts["stepped"]
+        assert torch.count_nonzero(facts["bias_after_step"]) == 0
+        assert list(facts["state"].keys()) == list(plain_keys)
+        fresh = create_model("resnet50_scal_channel", 4, loss="triplet", pretrained=False, height=HEIGHT, width=WIDTH)
+        fresh.load_state_dict(facts["state"])
+        synced = convert_sync_batchnorm(fresh)
+        synced.load_state_dict(facts["state"])
+
+
+def test_fixbase_epoch_and_staged_lr_under_torchrun(tmp_path):
+    """Findings 3 and 4 of issue 14: under DDP, fixbase_epoch crashed (torchreid unwraps only DataParallel) and
+    staged_lr gave the new layers the base learning rate (every name began with ``module.``)."""
+    initial = create_model("resnet50_scal", 50, loss="triplet", pretrained=False, height=64, width=32).state_dict()
+    start = save_checkpoint({"state_dict": initial}, str(tmp_path / "initial.pth"))
+    result = torchrun(tmp_path, "model.load_weights", start, "train.fixbase_epoch", "1",
+                      "train.open_layers", "['classifier']", "train.staged_lr", "True",
+                      "train.new_layers", "['classifier']", "train.base_lr_mult", "0.1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "* Only train ['classifier'] (epoch: 1/1)" in result.stdout
+    state = torch.load(tmp_path / "log" / "model" / "model.pth.tar-1", weights_only=True)
+    assert {k for k, v in initial.items() if not torch.equal(v, state["state_dict"][k])} == {"classifier.weight"}
+    base, new = state["optimizer"]["param_groups"]
+    assert len(new["params"]) == 1 and len(base["params"]) > 100
+    assert base["lr"] == pytest.approx(0.1 * new["lr"]) and new["lr"] == pytest.approx(3.5e-4)

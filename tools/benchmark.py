@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="measured repetitions (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision (bf16 on CPU and Ampere or later GPUs, else fp16 with loss scaling)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--json", default="", help="write the figures to this file")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)

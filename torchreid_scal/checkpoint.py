@@ -6,11 +6,13 @@ needs anything else to load is refused rather than executed.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
+import re
 import tempfile
 import warnings
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -80,16 +82,49 @@ def save_checkpoint(state: Mapping[str, Any], path: str) -> str:
     return write_atomically(path, lambda f: torch.save(to_plain(dict(state)), f))
 
 
+def _numpy_scalar_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
+    """What unpickling a NumPy number needs, and nothing more: the function that rebuilds a scalar (under the
+    name this NumPy pickles it with and the other major version's: ``numpy._core`` was ``numpy.core`` before
+    NumPy 2), ``numpy.dtype``, and the dtype classes of booleans and numbers. Arrays and objects stay refused."""
+    scalar = np.float64(0).__reduce__()[0]
+    names = {f"{scalar.__module__}.{scalar.__name__}", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+    kinds = {type(np.dtype(code)) for code in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]}
+    return [(scalar, name) for name in sorted(names)] + [np.dtype, *sorted(kinds, key=str)]
+
+
+_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _load_failure(err: BaseException) -> str:
+    """Why torch could not load a file, on one line: torch's reason without its terminal colour codes, and without
+    its advice to allowlist globals or load unsafely (neither is right for a file that this tool refuses)."""
+    text = _ESCAPE.sub("", str(err))
+    if "Weights only load failed" in text:
+        paragraphs = [p for p in re.split(r"\n\s*\n", text.split("WeightsUnpickler error:")[-1])
+                      if p.strip() and not p.strip().startswith("Check the documentation")]
+        text = paragraphs[-1].split(" Please use `torch.serialization", 1)[0] if paragraphs else text
+    reason = " ".join(text.split())
+    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+
+
 def load_checkpoint(path: str, map_location: Optional[str] = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; the error names the file and what went wrong."""
+    """Read a checkpoint with ``weights_only=True``, allowing only NumPy numbers beyond torch's own safe types
+    (torchreid's engines save ``rank1`` as one); the error names the file and what went wrong."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path {path} is a directory: give a checkpoint file in it "
+                              "(e.g. model/model.pth.tar-N), or model.resume auto with data.save_dir")
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), probably from an interrupted copy or save; "
+                              "use another checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(
-            f"refusing to load {path}: it is not a checkpoint that loads with weights_only=True "
-            f"(tensors and plain containers only). {type(err).__name__}: {str(err).splitlines()[0]}"
+            f"refusing to load {path}: it is not a checkpoint that loads with weights_only=True (tensors, plain "
+            f"containers and NumPy numbers only). {_load_failure(err)}"
         ) from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dictionary")
@@ -142,18 +177,27 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 CHECKPOINT_PREFIX = "model.pth.tar-"
+"""``model.pth.tar-<E>``: after epoch E; ``model.pth.tar-<E>+<S>``: after epoch E and S steps of the next."""
 LATEST = "latest"
 
 
-def checkpoint_files(directory: str) -> List[Tuple[int, str]]:
-    """``(epoch, path)`` of every ``model.pth.tar-<epoch>`` file in ``directory``, by epoch."""
+_CHECKPOINT_NAME = re.compile(re.escape(CHECKPOINT_PREFIX) + r"(\d+)(\+\d+)?")
+
+
+def checkpoint_files(directory: str, mid_epoch: bool = False) -> List[Tuple[int, str]]:
+    """``(epoch, path)`` of every ``model.pth.tar-<epoch>`` file in ``directory`` (``mid_epoch``: of every
+    ``model.pth.tar-<epoch>+<step>`` file instead), by epoch."""
     names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted((int(name[len(CHECKPOINT_PREFIX):]), os.path.join(directory, name)) for name in names
-                  if _is_checkpoint_name(name) and os.path.isfile(os.path.join(directory, name)))
+    found = []
+    for name in names:
+        match = _CHECKPOINT_NAME.fullmatch(name)
+        if match and bool(match.group(2)) == mid_epoch and os.path.isfile(os.path.join(directory, name)):
+            found.append((int(match.group(1)), os.path.join(directory, name)))
+    return sorted(found)
 
 
 def _is_checkpoint_name(name: str) -> bool:
-    return name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit()
+    return _CHECKPOINT_NAME.fullmatch(name) is not None
 
 
 def latest_checkpoint(save_dir: str) -> Optional[str]:
@@ -176,7 +220,8 @@ def newest_checkpoint(save_dir: str) -> Tuple[Optional[str], Optional[Dict[str, 
     named = latest_checkpoint(save_dir)
     if named is not None:
         return named, load_checkpoint(named)
-    found = sorted(checkpoint_files(os.path.join(save_dir, "model")),
+    directory = os.path.join(save_dir, "model")
+    found = sorted(checkpoint_files(directory) + checkpoint_files(directory, mid_epoch=True),
                    key=lambda item: (os.stat(item[1]).st_mtime_ns, item[0]), reverse=True)
     for _, path in found:
         try:
@@ -215,18 +260,29 @@ class SafeCheckpointing:
     """
 
     keep_last: int = 0
+    resume_position: Optional[Dict[str, Any]] = None
+    """Set by :meth:`resume` from a mid-epoch checkpoint: ``step`` (batches done), the random generators'
+    states when the epoch began (``epoch_rng``) and at the interruption (``rng``), the engine's ``progress``."""
 
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> Optional[str]:
         """Write the checkpoint of ``epoch`` (0-based) on rank 0; every process waits for it."""
-        if not distributed.world().is_main:
-            distributed.barrier()
-            return None
-        path = self._write_checkpoint(epoch, rank1, save_dir)
+        return self._on_main_process(lambda: self._write_checkpoint(epoch, rank1, save_dir))
+
+    def save_within_epoch(self, position: Mapping[str, Any], save_dir: str) -> Optional[str]:
+        """Write a checkpoint in the middle of epoch ``self.epoch`` (0-based) on rank 0, every process waiting:
+        ``position`` holds ``step`` (the batches done), ``epoch_rng`` and ``progress`` (see ``resume_position``).
+        Its ``epoch`` field counts the finished epochs, as in torchreid's checkpoints."""
+        return self._on_main_process(lambda: self._write_checkpoint(self.epoch - 1, float("nan"), save_dir, position))
+
+    @staticmethod
+    def _on_main_process(write: Callable[[], str]) -> Optional[str]:
+        path = write() if distributed.world().is_main else None
         distributed.barrier()
         return path
 
-    def _write_checkpoint(self, epoch: int, rank1: float, save_dir: str) -> str:
-        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state()}
+    def _write_checkpoint(self, epoch: int, rank1: float, save_dir: str,
+                          position: Optional[Mapping[str, Any]] = None) -> str:
+        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state(), **(position or {})}
         precision = getattr(self, "precision", None)
         if precision is not None:
             state["amp_scaler"] = precision.state_dict()
@@ -241,8 +297,13 @@ class SafeCheckpointing:
             else:
                 state[name] = entry
         directory = os.path.join(save_dir, "model")
-        path = save_checkpoint(state, os.path.join(directory, f"{CHECKPOINT_PREFIX}{epoch + 1}"))
+        name = f"{CHECKPOINT_PREFIX}{epoch + 1}" + (f"+{position['step']}" if position else "")
+        path = save_checkpoint(state, os.path.join(directory, name))
         write_atomically(os.path.join(directory, LATEST), lambda f: f.write(f"{os.path.basename(path)}\n".encode()))
+        if position is None:  # this epoch's checkpoint supersedes the mid-epoch ones before it
+            for number, old in checkpoint_files(directory, mid_epoch=True):
+                if number <= epoch:
+                    os.remove(old)
         if self.keep_last > 0:  # by epoch, so that later epochs of an earlier run in this directory stay
             for number, old in checkpoint_files(directory):
                 if number <= epoch + 1 - self.keep_last:
@@ -280,5 +341,11 @@ class SafeCheckpointing:
         if "rng" in state:
             set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
-        print(f"Resumed from {path}: next epoch {self.epoch + 1}, last rank-1 {state.get('rank1', float('nan')):.1%}")
+        self.resume_position = None
+        where = f"next epoch {self.epoch + 1}"
+        if "step" in state:
+            self.resume_position = {key: state[key] for key in ("step", "epoch_rng", "rng", "progress")}
+            where = f"epoch {self.epoch + 1} continues after step {state['step']}"
+        rank1 = state.get("rank1", float("nan"))
+        print(f"Resumed from {path}: {where}" + (f", last rank-1 {rank1:.1%}" if math.isfinite(rank1) else ""))
         return self.epoch

@@ -7,10 +7,13 @@ from typing import Callable
 from .checkpoint import CheckpointError, NonFiniteError
 from .config import ConfigError
 from .datasets import DataError
+from .preemption import Preempted
 
 EXIT_CODES = ((ConfigError, 2, "config error"), (DataError, 3, "data error"),
-              (NonFiniteError, 4, "training stopped"), (CheckpointError, 5, "checkpoint error"))
-"""Exit status per error: 2 configuration, 3 data, 4 non-finite loss, 5 checkpoint."""
+              (NonFiniteError, 4, "training stopped"), (CheckpointError, 5, "checkpoint error"),
+              (Preempted, 6, "stopped"), (KeyboardInterrupt, 130, "interrupted"))
+"""Exit status per outcome: 2 configuration, 3 data, 4 non-finite loss, 5 checkpoint, 6 stopped by SIGTERM, SIGUSR1
+or SIGINT after writing a checkpoint to resume from (``model.resume auto``), 130 a second SIGINT (no checkpoint)."""
 
 
 def message(err: BaseException) -> str:
@@ -31,6 +34,6 @@ def run_tool(job: Callable[[], None]) -> int:
         job()
     except tuple(kind for kind, _, _ in EXIT_CODES) as err:
         status, label = next((code, label) for kind, code, label in EXIT_CODES if isinstance(err, kind))
-        print(f"{label}: {message(err)}", file=sys.stderr)
+        print(f"{label}: {message(err)}" if str(err) else label, file=sys.stderr)
         return status
     return 0

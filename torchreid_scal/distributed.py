@@ -15,6 +15,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from .config import ConfigError
+from .models.scal_resnet import BNNeck, SyncBNNeck
+
 
 class World(NamedTuple):
     rank: int
@@ -59,13 +62,31 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
-    """``module`` in DistributedDataParallel when there are several processes (with SyncBatchNorm if asked)."""
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """torch's ``SyncBatchNorm.convert_sync_batchnorm``, except that a :class:`BNNeck` becomes a
+    :class:`SyncBNNeck` (torch's would try to make its frozen zero bias, a buffer, a parameter and fail)."""
+    if isinstance(module, BNNeck):
+        return SyncBNNeck.from_bnneck(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child))
+    return module
+
+
+def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False, frozen_layers: bool = False) -> nn.Module:
+    """``module`` in DistributedDataParallel when there are several processes (with SyncBatchNorm if asked,
+    which PyTorch implements for GPUs only). ``frozen_layers``: some parameters will get no gradient in some
+    steps (torchreid's ``fixbase_epoch``), which DDP must look for in every step (``find_unused_parameters``)."""
     if world().size == 1:
         return module
     if sync_bn:
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        if device.type != "cuda":
+            raise ConfigError(f"train.sync_bn True needs GPUs (PyTorch's SyncBatchNorm has no {device.type} "
+                              "implementation): set train.sync_bn False to train on this device")
+        module = convert_sync_batchnorm(module)
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=frozen_layers)
 
 
 class DistributedIdentitySampler(Sampler):

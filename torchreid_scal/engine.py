@@ -6,10 +6,12 @@ rewards → the four losses, each routed to the parameters it may move → one b
 """
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import random
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, Iterable, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,12 +19,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import _torchreid, distributed
-from .checkpoint import NonFiniteError, SafeCheckpointing
+from .checkpoint import NonFiniteError, SafeCheckpointing, rng_state, set_rng_state
 from .critic_diagnostics import diagnose_critics
 from .critic_metrics import critic_summary, pearson
 from .evaluation import distance_matrix, evaluate, evaluate_distances, rerank_distances
 from .models import StageCritics
 from .precision import Precision
+from .preemption import Preempted, StopSignals, resumed_loader
 from .rewards import Rewards, compute_rewards
 
 
@@ -31,10 +34,11 @@ EVALUATORS = ("fast", "torchreid")
 
 class EngineMixin(SafeCheckpointing):
     """What this package adds to torchreid's engines: checkpoints that reload safely
-    (:class:`SafeCheckpointing`), mixed precision for training (``amp``) and feature extraction
-    (``test_amp``), channels-last inputs, the ``fast`` evaluator (:mod:`torchreid_scal.evaluation`, in chunks
-    of ``eval_memory_mb``; ``evaluator='torchreid'`` keeps torchreid's), and a result printout that does not
-    raise IndexError when the gallery is smaller than the largest requested rank."""
+    (:class:`SafeCheckpointing`), stopping on SIGTERM, SIGUSR1 or SIGINT with a checkpoint that resumes within
+    the epoch, mixed precision for training (``amp``) and feature extraction (``test_amp``), channels-last
+    inputs, the ``fast`` evaluator (:mod:`torchreid_scal.evaluation`, in chunks of ``eval_memory_mb``;
+    ``evaluator='torchreid'`` keeps torchreid's), and a result printout that does not raise IndexError when the
+    gallery is smaller than the largest requested rank."""
 
     def __init__(self, *args, amp: bool = False, test_amp: bool = False, channels_last: bool = False,
                  checkpoint_freq: int = 1, keep_last: int = 0, evaluator: str = "fast", eval_memory_mb: float = 256,
@@ -51,6 +55,8 @@ class EngineMixin(SafeCheckpointing):
         self.checkpoint_freq = checkpoint_freq
         self.keep_last = keep_last
         self.save_dir = ""
+        self.stop_signals = StopSignals()
+        self._epoch_rng: Dict[str, Any] = {}
 
     @property
     def network(self) -> nn.Module:
@@ -59,9 +65,10 @@ class EngineMixin(SafeCheckpointing):
 
     def run(self, save_dir: str = "log", max_epoch: int = 0, start_epoch: int = 0, test_only: bool = False,
             **kwargs) -> None:
-        """torchreid's ``run``; when training would start at or after ``max_epoch`` (a finished run resumed),
-        the model is evaluated as it is, and nothing is saved: torchreid would write its weights again as a
-        checkpoint of one epoch more than was trained."""
+        """torchreid's ``run``. While training, SIGTERM, SIGUSR1 and SIGINT stop it after the step in progress,
+        with a checkpoint of that position (:meth:`train`), and raise :class:`Preempted`. When training would
+        start at or after ``max_epoch`` (a finished run resumed), the model is evaluated as it is, and nothing is
+        saved: torchreid would write its weights again as a checkpoint of one epoch more than was trained."""
         self.save_dir = save_dir
         if not distributed.world().is_main:
             self.writer = distributed.NullWriter()
@@ -69,17 +76,97 @@ class EngineMixin(SafeCheckpointing):
             print(f"nothing to train: the model is at epoch {start_epoch} of train.max_epoch {max_epoch}; "
                   "evaluating it (raise train.max_epoch to train further)")
             test_only = True
-        super().run(save_dir=save_dir, max_epoch=max_epoch, start_epoch=start_epoch, test_only=test_only, **kwargs)
+        if test_only:
+            super().run(save_dir=save_dir, max_epoch=max_epoch, start_epoch=start_epoch, test_only=True, **kwargs)
+            return
+        with self.stop_signals:
+            try:
+                super().run(save_dir=save_dir, max_epoch=max_epoch, start_epoch=start_epoch, **kwargs)
+            except Preempted:
+                if self.writer is not None:
+                    self.writer.close()
+                raise
 
-    def train(self, *args, **kwargs) -> None:
-        """torchreid's epoch (with the distributed sampler told which epoch it is), then a checkpoint every
-        ``checkpoint_freq`` epochs (for resuming after a crash)."""
+    def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers=None) -> None:
+        """One epoch as torchreid's ``Engine.train`` runs it (same printout and TensorBoard scalars), then a
+        checkpoint every ``checkpoint_freq`` epochs. After a stop signal it writes a checkpoint after the step
+        in progress and raises :class:`Preempted` (a signal during evaluation or saving takes effect after the
+        next step); resumed from that checkpoint, it continues with the next step exactly as the uninterrupted
+        epoch would have (see :meth:`_epoch_batches`)."""
+        self.set_model_mode("train")
+        self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers)
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
-        super().train(*args, **kwargs)
+        self.num_batches = len(self.train_loader)
+        start, batches = self._epoch_batches()
+        losses = _torchreid.utils.MetricMeter()
+        batch_time, data_time = _torchreid.utils.AverageMeter(), _torchreid.utils.AverageMeter()
+        end = time.time()
+        for self.batch_idx, data in enumerate(batches, start):
+            data_time.update(time.time() - end)
+            losses.update(self.forward_backward(data))
+            batch_time.update(time.time() - end)
+            self._report_step(losses, batch_time, data_time, print_freq)
+            if self.stop_signals.requested(self.device):
+                self._stop(self.batch_idx + 1)
+            end = time.time()
+        self.update_lr()
         if self.save_dir and self.checkpoint_freq > 0 and (self.epoch + 1) % self.checkpoint_freq == 0:
             self.save_model(self.epoch, float("nan"), self.save_dir)
+
+    def _epoch_batches(self) -> Tuple[int, Iterable]:
+        """The step this epoch starts at and its batches from there: normally 0 and the train loader. Resumed
+        from a mid-epoch checkpoint: the steps done, and the loader's epoch without their batches, drawn with
+        the random generators as they were when the epoch began (so the sampler draws the same order) and
+        continued with them as they were at the interruption (so the augmentations are the same too)."""
+        position, self.resume_position = self.resume_position, None
+        if position is None:
+            self._epoch_rng = rng_state()
+            return 0, self.train_loader
+        self._epoch_rng = position["epoch_rng"]
+        self.restore_epoch_progress(position["progress"])
+        set_rng_state(self._epoch_rng)
+        return position["step"], resumed_loader(self.train_loader, position["step"],
+                                                lambda: set_rng_state(position["rng"]))
+
+    def _stop(self, step: int) -> NoReturn:
+        """Write a checkpoint after ``step`` batches of this epoch and raise :class:`Preempted`."""
+        position = {"step": step, "epoch_rng": self._epoch_rng, "progress": self.epoch_progress()}
+        path = self.save_within_epoch(position, self.save_dir)
+        written = f"checkpoint {path} written" if path else "rank 0 wrote the checkpoint"
+        raise Preempted(f"{self.stop_signals.name} received after step {step} of epoch {self.epoch + 1}: {written}; "
+                        "continue with model.resume auto")
+
+    def epoch_progress(self) -> Dict[str, Any]:
+        """What the engine has gathered over the epoch so far, beyond the weights, for a mid-epoch checkpoint."""
+        return {}
+
+    def restore_epoch_progress(self, progress: Dict[str, Any]) -> None:
+        """Take back what :meth:`epoch_progress` returned, when resuming within that epoch."""
+
+    def _report_step(self, losses, batch_time, data_time, print_freq: int) -> None:
+        """torchreid's per-step printout (every ``print_freq`` steps) and TensorBoard scalars."""
+        step = self.batch_idx + 1
+        if step % print_freq == 0:
+            remaining = self.num_batches - step + (self.max_epoch - self.epoch - 1) * self.num_batches
+            eta = datetime.timedelta(seconds=int(batch_time.avg * remaining))
+            print(f"epoch: [{self.epoch + 1}/{self.max_epoch}][{step}/{self.num_batches}]\t"
+                  f"time {batch_time.val:.3f} ({batch_time.avg:.3f})\tdata {data_time.val:.3f} ({data_time.avg:.3f})\t"
+                  f"eta {eta}\t{losses}\tlr {self.get_current_lr():.6f}")
+        if self.writer is not None:
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            self.writer.add_scalar("Train/time", batch_time.avg, n_iter)
+            self.writer.add_scalar("Train/data", data_time.avg, n_iter)
+            for name, meter in losses.meters.items():
+                self.writer.add_scalar("Train/" + name, meter.avg, n_iter)
+            self.writer.add_scalar("Train/lr", self.get_current_lr(), n_iter)
+
+    def two_stepped_transfer_learning(self, epoch: int, fixbase_epoch: int, open_layers, model=None) -> None:
+        """torchreid's ``fixbase_epoch``, applied to the network itself: torchreid's ``open_specified_layers``
+        unwraps DataParallel but not DistributedDataParallel."""
+        super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers,
+                                              model=self.network if model is None else model)
 
     def test(self, *args, **kwargs):
         """torchreid's evaluation, on rank 0 only (the others wait), run on a copy of the random generators:
@@ -409,8 +496,9 @@ class ImageSCALEngine(ImageTripletEngine):
 
     def train(self, *args, **kwargs) -> None:
         """torchreid's epoch, then the critics' statistics: over all of the epoch's images (how well they
-        predict the reward) and, on rank 0, on the ``diagnostic_batch`` (:func:`diagnose_critics`: what their
-        gradient is worth to the agents); printed and written to TensorBoard as ``Epoch/<name>``."""
+        predict the reward) and on the ``diagnostic_batch`` (:func:`diagnose_critics`: what their gradient is
+        worth to the agents; computed by every process, as with ``train.sync_bn`` its training-mode passes
+        synchronise the batch statistics across them); printed and written to TensorBoard as ``Epoch/<name>``."""
         self._epoch_record = []
         super().train(*args, **kwargs)
         if not self._epoch_record:
@@ -418,7 +506,7 @@ class ImageSCALEngine(ImageTripletEngine):
         record = torch.cat(self._epoch_record, dim=1)
         values, (reward_c, reward_a, reward) = record[:-3], record[-3:]
         stats = critic_summary(values, reward, reward_c, reward_a, self.critic_net.stages)
-        if self.diagnostic_batch is not None and distributed.world().is_main:
+        if self.diagnostic_batch is not None:
             images, pids = self.diagnostic_batch
             stats.update(diagnose_critics(self.network, self.critic_net, self._images(images),
                                           pids.to(self.device)))
@@ -427,3 +515,12 @@ class ImageSCALEngine(ImageTripletEngine):
         if self.writer is not None:
             for key, value in stats.items():
                 self.writer.add_scalar(f"Epoch/{key}", value, self.epoch + 1)
+
+    def epoch_progress(self) -> Dict[str, Any]:
+        """The epoch's critic record so far, so that after resuming within the epoch its statistics still cover
+        all of its images."""
+        return {"critic_record": torch.cat(self._epoch_record, dim=1)} if self._epoch_record else {}
+
+    def restore_epoch_progress(self, progress: Dict[str, Any]) -> None:
+        record = progress.get("critic_record")
+        self._epoch_record = [record.to(self.device)] if record is not None else []

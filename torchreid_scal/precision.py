@@ -8,8 +8,9 @@ import torch
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on the CPU and on GPUs that support it (no loss scaling needed), else float16."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    """bfloat16 on the CPU and on GPUs that compute in it natively (Ampere and later; no loss scaling needed), else
+    float16: older GPUs can hold bfloat16 tensors, but only emulate its arithmetic, slowly."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.float16
     return torch.bfloat16
 

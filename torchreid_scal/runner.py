@@ -102,6 +102,12 @@ def build_trained_model(cfg: CN, state: Dict[str, torch.Tensor], source: str) ->
     return model.eval()
 
 
+def build_optimizer(cfg: CN, model: nn.Module) -> torch.optim.Optimizer:
+    """torchreid's optimizer for the network itself, unwrapped from DistributedDataParallel (torchreid unwraps only
+    DataParallel), so that ``train.staged_lr`` finds ``train.new_layers`` by the network's own names."""
+    return _torchreid.optim.build_optimizer(getattr(model, "module", model), **optimizer_kwargs(cfg))
+
+
 def build_scheduler(cfg: CN, optimizer: torch.optim.Optimizer, warmup: bool = True):
     """torchreid's scheduler, preceded by a linear warm-up (PyTorch's ``LinearLR``) over ``train.warmup_epochs``.
 
@@ -208,11 +214,11 @@ def _run(cfg: CN) -> None:
         warnings.warn("test.evaluate is set but model.load_weights is empty: evaluating the model as initialised")
     model = model.to(device, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
     if distributed.world().size > 1:
-        model = distributed.wrap(model, device, sync_bn=cfg.train.sync_bn)
+        model = distributed.wrap(model, device, sync_bn=cfg.train.sync_bn, frozen_layers=cfg.train.fixbase_epoch > 0)
     elif device.type == "cuda" and torch.cuda.device_count() > 1:
         model = nn.DataParallel(model)
 
-    optimizer = _torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
+    optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     print(f"Building {cfg.loss.name} engine")
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler, device)

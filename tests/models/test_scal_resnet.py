@@ -143,3 +143,15 @@ def test_in_place_eval_path_equals_the_stage_path(images):
     model = build("resnet50_scal_spatial").eval()
     with torch.no_grad():
         assert torch.allclose(model(images), model(images, return_stages=True).bn_feature, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["resnet50_scal_channel", "resnet50_scal_spatial"])
+def test_a_given_stem_output_is_never_written_to(variant, images):
+    """Finding 5 of issue 14: the in-place eval path multiplied the caller's ``stem`` by the first map."""
+    model = build(variant).eval()
+    with torch.no_grad():
+        stem = model(images, return_stages=True).features[0]
+        before = stem.clone()
+        expected = model(images)
+        assert torch.allclose(model(images, stem=stem), expected, atol=1e-6)
+    assert torch.equal(stem, before)

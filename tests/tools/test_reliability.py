@@ -9,10 +9,16 @@ import subprocess
 import sys
 import time
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 
+from torchreid_scal import _torchreid
+from torchreid_scal.config import load_config, optimizer_kwargs
 from torchreid_scal.datasets.demo import SCALDemo
+from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MAIN = os.path.join(REPO, "tools", "main.py")
@@ -50,13 +56,28 @@ def weights(path):
             **{f"critic.{k}": v for k, v in state["critic"]["state_dict"].items()}}
 
 
-def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, tmp_path):
-    opts = ["train.max_epoch", "3", "train.seed", "7"]
-    reference = main_py(template, tmp_path / "reference", *opts)
-    assert reference.returncode == 0, reference.stderr[-2000:]
+RESUMABLE = ["train.max_epoch", "2", "train.seed", "7"]
 
+
+@pytest.fixture(scope="module")
+def reference(template, tmp_path_factory):
+    """The checkpoints of an uninterrupted two-epoch run, which every interrupted and resumed run must equal."""
+    save_dir = tmp_path_factory.mktemp("reference")
+    result = main_py(template, save_dir, *RESUMABLE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return save_dir / "model"
+
+
+def assert_same_weights(expected_path, actual_path):
+    expected, actual = weights(expected_path), weights(actual_path)
+    assert expected.keys() == actual.keys()
+    worst = max((expected[k].double() - actual[k].double()).abs().max().item() for k in expected)
+    assert worst <= 1e-6, worst
+
+
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, reference, tmp_path):
     victim_dir = tmp_path / "victim"
-    victim = subprocess.Popen(command(template, victim_dir, *opts), stdout=subprocess.DEVNULL,
+    victim = subprocess.Popen(command(template, victim_dir, *RESUMABLE), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     latest = victim_dir / "model" / "latest"
     deadline = time.monotonic() + 600
@@ -67,14 +88,36 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(templ
     assert victim.returncode == -signal.SIGKILL
     assert latest.read_text().strip() == "model.pth.tar-1", "the kill should land during epoch 2"
 
-    resumed = main_py(template, victim_dir, *opts, "model.resume", "auto")
+    resumed = main_py(template, victim_dir, *RESUMABLE, "model.resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resumed from" in resumed.stdout and "next epoch 2" in resumed.stdout
-    expected = weights(tmp_path / "reference" / "model" / "model.pth.tar-3")
-    actual = weights(victim_dir / "model" / "model.pth.tar-3")
-    assert expected.keys() == actual.keys()
-    worst = max((expected[k].double() - actual[k].double()).abs().max().item() for k in expected)
-    assert worst <= 1e-6, worst
+    assert_same_weights(reference / "model.pth.tar-2", victim_dir / "model" / "model.pth.tar-2")
+
+
+def test_sigterm_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, reference, tmp_path):
+    model_dir = tmp_path / "victim" / "model"
+    model_dir.mkdir(parents=True)
+    shutil.copy(reference / "model.pth.tar-1", model_dir)  # this run has done its first epoch, as the reference
+    (model_dir / "latest").write_text("model.pth.tar-1\n")
+    opts = [*RESUMABLE, "train.print_freq", "1", "model.resume", "auto"]
+    victim = subprocess.Popen(command(template, model_dir.parent, *opts), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in victim.stdout:
+        if line.startswith("epoch: [2/2][3/12]"):
+            victim.send_signal(signal.SIGTERM)
+            break
+    _, stderr = victim.communicate(timeout=600)
+    assert victim.returncode == 6, stderr[-2000:]
+    latest = (model_dir / "latest").read_text().strip()
+    finished, step = latest[len("model.pth.tar-"):].split("+")
+    assert finished == "1" and 3 <= int(step) < 12, latest
+    assert f"stopped: SIGTERM received after step {step} of epoch 2: checkpoint {model_dir}" in stderr
+
+    resumed = main_py(template, model_dir.parent, *opts)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"epoch 2 continues after step {step}" in resumed.stdout and "epoch: [2/2][1/12]" not in resumed.stdout
+    assert_same_weights(reference / "model.pth.tar-2", model_dir / "model.pth.tar-2")
+    assert sorted(os.listdir(model_dir)) == ["latest", "model.pth.tar-1", "model.pth.tar-2"]
 
 
 def test_corrupt_image_is_named(data_root, tmp_path):
@@ -134,3 +177,33 @@ def test_resume_from_another_configuration_touches_nothing(template, tmp_path):
                      "model.resume", "auto")
     assert result.returncode == 5 and "cannot resume model" in result.stderr
     assert {p: p.read_bytes() for p in (save_dir / "model").iterdir()} == files
+
+
+def torchreid_saved(save_dir, cfg):
+    """A checkpoint written by torchreid's own ``ImageTripletEngine.save_model`` (its ``save_checkpoint``, with
+    ``rank1`` a NumPy scalar as its evaluation returns it), of the model and optimizer ``cfg`` describes."""
+    model = build_model(cfg, 50)
+    optimizer = _torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
+    datamanager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=50)
+    scheduler = build_scheduler(cfg, optimizer)
+    stock = _torchreid.engine.ImageTripletEngine(datamanager, model, optimizer, scheduler=scheduler, use_gpu=False)
+    stock.save_model(0, np.float64(0.25), str(save_dir))
+    return save_dir / "model" / "model.pth.tar-1", model
+
+
+def test_torchreids_own_checkpoints_load_and_resume(template, tmp_path):
+    opts = ["model.name", "resnet50_bnneck", "loss.name", "triplet", "train.max_epoch", "2"]
+    cfg = load_config(DEMO, ["data.root", str(template), "data.save_dir", str(tmp_path / "run"), *TINY, *opts])
+    path, trained = torchreid_saved(tmp_path / "torchreid", cfg)
+
+    evaluated = main_py(template, tmp_path / "eval", *opts, "test.evaluate", "True", "model.load_weights", str(path))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert f"from {path}" in evaluated.stdout and "mAP:" in evaluated.stdout
+
+    device = torch.device("cpu")
+    model = build_model(cfg, 50)
+    optimizer = _torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
+    scheduler = build_scheduler(cfg, optimizer)
+    engine = build_engine(cfg, build_datamanager(cfg, device), model, optimizer, scheduler, device)
+    assert engine.resume(str(path)) == 1
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())

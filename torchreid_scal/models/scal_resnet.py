@@ -35,6 +35,11 @@ class SCALOutput(NamedTuple):
     featuremaps: torch.Tensor
 
 
+def _zero_bias_buffer(norm: nn.modules.batchnorm._BatchNorm) -> None:
+    del norm.bias
+    norm.register_buffer("bias", torch.zeros(norm.num_features))
+
+
 class BNNeck(nn.BatchNorm1d):
     """BatchNorm1d whose bias is a fixed zero buffer (the BNNeck of Luo et al., 2019).
 
@@ -44,8 +49,26 @@ class BNNeck(nn.BatchNorm1d):
 
     def __init__(self, num_features: int) -> None:
         super().__init__(num_features)
-        del self.bias
-        self.register_buffer("bias", torch.zeros(num_features))
+        _zero_bias_buffer(self)
+
+
+class SyncBNNeck(nn.SyncBatchNorm):
+    """:class:`BNNeck` with batch statistics over all processes (``train.sync_bn``): the same parameters,
+    buffers and state-dict keys, the bias still a fixed zero buffer."""
+
+    def __init__(self, num_features: int, process_group=None) -> None:
+        super().__init__(num_features, process_group=process_group)
+        _zero_bias_buffer(self)
+
+    @classmethod
+    def from_bnneck(cls, neck: BNNeck, process_group=None) -> "SyncBNNeck":
+        """``neck`` converted, sharing its weight and buffers (as torch's ``convert_sync_batchnorm`` shares them)."""
+        sync = cls(neck.num_features, process_group)
+        sync.eps, sync.momentum = neck.eps, neck.momentum
+        sync.weight = neck.weight
+        for name, buffer in neck.named_buffers(recurse=False):
+            setattr(sync, name, buffer)
+        return sync.train(neck.training)
 
 
 def _conv_out(size: int) -> int:
@@ -154,14 +177,15 @@ class SCALResNet(nn.Module):
         in_place = not keep_stages and not torch.is_grad_enabled()  # nobody else holds X_k: multiply in place
         h = x
         for k, stage in enumerate(self.stages()):
-            h = stem if (k == 0 and stem is not None) else stage(h)
+            given = k == 0 and stem is not None  # the caller's tensor: never written to
+            h = stem if given else stage(h)
             if keep_stages:
                 features.append(h)
             if attend:
                 a = self.agents[k](h)
                 if map_fn is not None:
                     a = map_fn(k, a)
-                h = h.mul_(a) if in_place else h * a
+                h = h.mul_(a) if in_place and not given else h * a
                 if keep_stages:
                     maps.append(a)
         return features, maps, h
