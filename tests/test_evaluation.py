@@ -2,7 +2,6 @@
 valid match, one camera, one gallery item), a hand-computed mINP, the CUHK03 draws, distances and re-ranking."""
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import pytest
@@ -15,16 +14,6 @@ from torchreid_scal.evaluation import (GalleryDistances, distance_matrix, evalua
                                        rerank_distances)
 
 rank = _torchreid.submodule("metrics.rank")
-
-
-def compiled_evaluator():
-    """torchreid's compiled ``evaluate_cy`` where importable (upstream torchreid built from source)."""
-    for name in (f"{_torchreid.metrics.__name__}.rank_cylib.rank_cy", "rank_cy"):
-        try:
-            return importlib.import_module(name).evaluate_cy
-        except ImportError:
-            continue
-    return None
 
 
 def index_order(distmat: np.ndarray) -> np.ndarray:
@@ -109,7 +98,7 @@ def test_cuhk03_metric_equals_torchreid_with_the_same_seed(problem, seed):
                                              cuhk03=True).cmc, result.cmc)
 
 
-@pytest.mark.skipif(compiled_evaluator() is None, reason="torchreid's compiled ranking is not installed")
+@pytest.mark.skipif(_torchreid.compiled_evaluator() is None, reason="torchreid's compiled ranking is not installed")
 @settings(max_examples=150, deadline=None)
 @given(problems(), st.booleans())
 def test_equals_torchreids_compiled_evaluator(problem, cuhk03):
@@ -119,7 +108,7 @@ def test_equals_torchreids_compiled_evaluator(problem, cuhk03):
     distmat, q_pids, g_pids, q_cams, g_cams = problem
     max_rank = identities if cuhk03 else max_rank
     np.random.seed(7)
-    cmc, mAP = compiled_evaluator()(index_order(distmat), q_pids, g_pids, q_cams, g_cams, max_rank, cuhk03)
+    cmc, mAP = _torchreid.compiled_evaluator()(index_order(distmat), q_pids, g_pids, q_cams, g_cams, max_rank, cuhk03)
     result = evaluate_distances(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, cuhk03=cuhk03, seed=7)
     np.testing.assert_allclose(result.cmc, cmc, rtol=0, atol=1e-6)
     assert abs(result.mAP - mAP) < 1e-6

@@ -19,14 +19,13 @@ evaluating (the high-water mark is reset once the features exist, where Linux al
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -40,17 +39,6 @@ SIZES = {  # test sets as torchreid loads them
 NOISE = {"market1501": 0.95, "msmt17": 1.3}
 """Default image noise: synthetic mAP near a ResNet-50 baseline's (measured: 0.78 Market-1501, ~0.5 MSMT17)."""
 METHODS = ("torchreid_python", "torchreid_cython", "fast")
-
-
-def compiled_evaluator() -> Optional[Callable]:
-    """torchreid's compiled ``evaluate_cy``: upstream torchreid's build, or a compiled ``rank_cy`` module
-    importable on its own (e.g. built from upstream's ``rank_cy.pyx`` and put on PYTHONPATH)."""
-    for name in (f"{_torchreid.metrics.__name__}.rank_cylib.rank_cy", "rank_cy"):
-        try:
-            return importlib.import_module(name).evaluate_cy
-        except ImportError:
-            continue
-    return None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,8 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], got {args.scale}")
     if args.methods is None:
-        args.methods = [m for m in METHODS if m != "torchreid_cython" or compiled_evaluator() is not None]
-    elif "torchreid_cython" in args.methods and compiled_evaluator() is None:
+        args.methods = [m for m in METHODS if m != "torchreid_cython" or _torchreid.compiled_evaluator() is not None]
+    elif "torchreid_cython" in args.methods and _torchreid.compiled_evaluator() is None:
         parser.error("--methods torchreid_cython: torchreid's compiled ranking is not importable here")
     return args
 
@@ -148,7 +136,7 @@ def run_method(method: str, args) -> Dict[str, object]:
         labels = [a.numpy() for a in (q_pids, g_pids, q_cams, g_cams)]
         start = time.perf_counter()
         if method == "torchreid_cython":
-            cmc, mAP = compiled_evaluator()(distmat, *labels, 50, False)
+            cmc, mAP = _torchreid.compiled_evaluator()(distmat, *labels, 50, False)
         else:
             cmc, mAP = _torchreid.submodule("metrics.rank").evaluate_rank(distmat, *labels, use_cython=False)
         report["rank_s"] = time.perf_counter() - start

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torchreid
 
@@ -49,3 +49,14 @@ def model_factory() -> Dict[str, Callable]:
 def image_dataset_table() -> Dict[str, type]:
     """torchreid's image-dataset table, read by ``ImageDataManager``."""
     return vars(submodule("data.datasets"))["__image_datasets"]
+
+
+def compiled_evaluator() -> Optional[Callable]:
+    """torchreid's compiled ``evaluate_cy``: upstream torchreid's build, or a compiled ``rank_cy`` module
+    importable on its own (e.g. built from upstream's ``rank_cy.pyx`` and put on PYTHONPATH); None without."""
+    for name in (f"{metrics.__name__}.rank_cylib.rank_cy", "rank_cy"):
+        try:
+            return importlib.import_module(name).evaluate_cy
+        except ImportError:
+            continue
+    return None
