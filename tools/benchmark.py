@@ -4,9 +4,10 @@
         --steps 5 [--amp] [--channels-last] [--json bench.json]
 
 In one process and on one batch: the training-step time of each model in its engine (torchreid's
-``ImageTripletEngine`` for resnet50 and resnet50_bnneck, ``ImageSCALEngine`` for the SCAL variants) and the
-eval-mode feature-extraction throughput, after warm-up steps, as median and spread over ``--steps``; the
-models take turns in every repetition, so that a drift in the machine's speed affects them alike.
+``ImageTripletEngine`` for resnet50 and resnet50_bnneck, ``ImageSCALEngine`` with the config's default
+``scal.*`` settings for the SCAL variants) and the eval-mode feature-extraction throughput, after warm-up
+steps, as median and spread over ``--steps``; the models take turns in every repetition, so that a drift in
+the machine's speed affects them alike.
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the process's peak RSS, which is a
 process-wide high-water mark, so each model's is measured in a fresh child process doing the same steps.
 
@@ -30,6 +31,7 @@ import torchvision
 
 import torchreid_scal
 from torchreid_scal import _torchreid
+from torchreid_scal.config import get_default_config
 from torchreid_scal.engine import ImageSCALEngine, ImageTripletEngine
 from torchreid_scal.models import create_model
 
@@ -37,6 +39,14 @@ import benchmark_eval  # tools/benchmark_eval.py, beside this script
 
 MODELS = ("resnet50", "resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal_spatial")
 REFERENCES = ("resnet50_bnneck", "resnet50")
+
+
+def scal_options() -> Dict[str, object]:
+    """The critic settings a config that sets no ``scal.*`` key trains with: the benchmark times the default."""
+    scal = get_default_config().scal
+    return dict(critic_weight=scal.critic_weight, critic_optim=scal.critic_optim, critic_lr=scal.critic_lr,
+                critic_stages=list(scal.critic_stages), critic_activation=scal.critic_activation,
+                critic_counterfactual=scal.critic_counterfactual, critic_explore_std=scal.critic_explore_std)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,7 +94,7 @@ def build_engine(name: str, args, num_classes: int):
     datamanager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=num_classes, sources=["bench"])
     common = dict(use_gpu=device.type == "cuda", amp=args.amp, test_amp=args.amp, channels_last=args.channels_last)
     if name.startswith("resnet50_scal"):
-        return ImageSCALEngine(datamanager, model, optimizer, **common)
+        return ImageSCALEngine(datamanager, model, optimizer, **scal_options(), **common)
     return ImageTripletEngine(datamanager, model, optimizer, **common)
 
 
@@ -200,7 +210,7 @@ def main(argv=None) -> None:
         "extract_images_per_s": {n: args.batch_size / statistics.median(r["extract_s"]) for n, r in raw.items()},
         "peak_mem_mb": {n: r["peak_mem_mb"] for n, r in raw.items()},
     }
-    report = dict(figures, raw=raw, settings=vars(args), versions={
+    report = dict(figures, raw=raw, settings=vars(args), scal=scal_options(), versions={
         "torch": torch.__version__, "torchvision": torchvision.__version__, "torchreid": _torchreid.VERSION,
         "torchreid_layout": _torchreid.LAYOUT, "torchreid_scal": torchreid_scal.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
@@ -209,6 +219,7 @@ def main(argv=None) -> None:
     print(f"device {args.device}, batch {args.batch_size} ({ids}x{args.num_instances}), "
           f"{args.height}x{args.width}, amp {args.amp}, channels_last {args.channels_last}, "
           f"{args.steps} steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
+    print("SCAL engine with the config defaults: " + ", ".join(f"{k} {v}" for k, v in report["scal"].items()))
     header = f"{'model':<24}{'step s (median, range)':>26}{'img/s':>9}{'peak MB':>9}"
     for ref in REFERENCES:
         if ref in raw:

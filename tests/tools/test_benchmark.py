@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from torchreid_scal.config import get_default_config
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODELS = {"resnet50", "resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal_spatial"}
 
@@ -22,6 +24,9 @@ def test_benchmark_json_has_every_figure(tmp_path):
     for figure in ("train_step_s", "extract_images_per_s", "peak_mem_mb"):
         assert set(report[figure]) == MODELS
         assert all(value > 0 for value in report[figure].values())
+    scal = get_default_config().scal
+    assert report["scal"]["critic_explore_std"] == scal.critic_explore_std  # the default SCAL is timed
+    assert report["scal"]["critic_counterfactual"] == scal.critic_counterfactual
     assert report["settings"]["height"] == 64 and report["versions"]["torchreid_layout"] == "pypi"
     assert all(len(report["raw"][m]["train_step_s"]) == 2 for m in MODELS)
     assert "resnet50_scal_spatial" in result.stdout and "step/resnet50_bn" in result.stdout
