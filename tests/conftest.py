@@ -2,8 +2,10 @@
 per test module that asks for it."""
 from __future__ import annotations
 
+import functools
 import os
 from types import SimpleNamespace
+from typing import Callable, Optional, Sequence
 
 import pytest
 import torch
@@ -12,6 +14,9 @@ from torch.utils.tensorboard import SummaryWriter
 import torchreid_scal  # noqa: F401  (registers the models with torchreid)
 from torchreid_scal import _torchreid
 from torchreid_scal.config import load_config
+from torchreid_scal.datasets.demo import SCALDemo
+from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.models import StageCritics, create_model
 from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler
 
 HEIGHT, WIDTH = 64, 32
@@ -56,3 +61,27 @@ def trained_run(tmp_path_factory):
                 writer.add_scalar(f"Epoch/{name}", 0.1 * epoch, epoch)
     return SimpleNamespace(opts=opts, cfg=load_config(DEMO, opts), weights=weights, save_dir=save_dir,
                            datamanager=datamanager)
+
+
+def tiny_datamanager(root, name: str, transforms: Sequence[str], **sizes):
+    """torchreid's ImageDataManager over a small generated ``scal_demo`` registered as ``name``: batches of
+    4 identities x 2 at 64x32, no worker processes (so that runs can be repeated exactly)."""
+    _torchreid.image_dataset_table()[name] = functools.partial(SCALDemo, **sizes)
+    return _torchreid.data.ImageDataManager(
+        root=str(root), sources=name, height=HEIGHT, width=WIDTH, batch_size_train=8, batch_size_test=16,
+        num_instances=2, train_sampler="RandomIdentitySampler", workers=0, use_gpu=False, transforms=list(transforms),
+    )
+
+
+def tiny_scal_engine(datamanager, critic_lr: float, critic_scheduler: Optional[Callable] = None) -> ImageSCALEngine:
+    """A channel SCAL engine with critics at stages 2 and 4 and the model's learning rate stepped after epoch 1;
+    ``critic_scheduler(optimizer)`` builds the critics' scheduler."""
+    model = create_model("resnet50_scal_channel", datamanager.num_train_pids, loss="triplet", pretrained=False,
+                         height=HEIGHT, width=WIDTH)
+    optimizer = _torchreid.optim.build_optimizer(model, optim="adam", lr=3e-4)
+    scheduler = _torchreid.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step", stepsize=[1])
+    critics = StageCritics(model.attention, model.stage_channels, [2, 4])
+    critic_optimizer = torch.optim.Adam(critics.parameters(), lr=critic_lr)
+    return ImageSCALEngine(datamanager, model, optimizer, scheduler=scheduler, use_gpu=False, critics=critics,
+                           critic_optimizer=critic_optimizer,
+                           critic_scheduler=critic_scheduler(critic_optimizer) if critic_scheduler else None)

@@ -8,37 +8,20 @@ import os
 import pytest
 import torch
 
-from conftest import HEIGHT, WIDTH
-from torchreid_scal import _torchreid
-from torchreid_scal.datasets.demo import SCALDemo
+from conftest import tiny_datamanager, tiny_scal_engine
 from torchreid_scal.engine import ImageSCALEngine
-from torchreid_scal.models import StageCritics, create_model
 
 TINY = dict(num_train_ids=4, num_test_ids=3, train_per_id=4, gallery_per_id=3)
 
 
 @pytest.fixture(scope="module")
 def datamanager(tmp_path_factory):
-    _torchreid.image_dataset_table()["scal_demo_tiny"] = functools.partial(SCALDemo, **TINY)
-    return _torchreid.data.ImageDataManager(
-        root=str(tmp_path_factory.mktemp("data")), sources="scal_demo_tiny", height=HEIGHT, width=WIDTH,
-        batch_size_train=8, batch_size_test=16, num_instances=2, train_sampler="RandomIdentitySampler",
-        workers=0, use_gpu=False, transforms=["random_flip"],
-    )
+    return tiny_datamanager(tmp_path_factory.mktemp("data"), "scal_demo_tiny", ["random_flip"], **TINY)
 
 
 def build_engine(datamanager, critic_scheduler: bool = True) -> ImageSCALEngine:
-    model = create_model("resnet50_scal_channel", datamanager.num_train_pids, loss="triplet", pretrained=False,
-                         height=HEIGHT, width=WIDTH)
-    optimizer = _torchreid.optim.build_optimizer(model, optim="adam", lr=3e-4)
-    scheduler = _torchreid.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step", stepsize=[1])
-    critics = StageCritics(model.attention, model.stage_channels, [2, 4])
-    critic_optimizer = torch.optim.Adam(critics.parameters(), lr=1e-4)
-    critic_sched = None
-    if critic_scheduler:
-        critic_sched = torch.optim.lr_scheduler.StepLR(critic_optimizer, step_size=1, gamma=0.5)
-    return ImageSCALEngine(datamanager, model, optimizer, scheduler=scheduler, use_gpu=False, critics=critics,
-                           critic_optimizer=critic_optimizer, critic_scheduler=critic_sched)
+    halving = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    return tiny_scal_engine(datamanager, critic_lr=1e-4, critic_scheduler=halving if critic_scheduler else None)
 
 
 def record_summaries(engine):

@@ -1,7 +1,6 @@
 """Stopping on a signal in the middle of an epoch and resuming at that step, through torchreid's data pipeline."""
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
@@ -9,12 +8,10 @@ import signal
 import pytest
 import torch
 
-from conftest import HEIGHT, WIDTH
+from conftest import tiny_datamanager, tiny_scal_engine
 from torchreid_scal import _torchreid
 from torchreid_scal.cli import run_tool
-from torchreid_scal.datasets.demo import SCALDemo
 from torchreid_scal.engine import ImageSCALEngine
-from torchreid_scal.models import StageCritics, create_model
 from torchreid_scal.preemption import Preempted, StopSignals
 
 TINY = dict(num_train_ids=6, num_test_ids=3, train_per_id=4, gallery_per_id=3)
@@ -25,24 +22,13 @@ SEED = 7
 def datamanager(tmp_path_factory):
     """24 training images in 3 batches of 4 identities x 2, with augmentations that draw from Python's and torch's
     generators; ``workers`` 0, so that a resumed epoch can equal an uninterrupted one exactly."""
-    _torchreid.image_dataset_table()["scal_demo_preemption"] = functools.partial(SCALDemo, **TINY)
-    return _torchreid.data.ImageDataManager(
-        root=str(tmp_path_factory.mktemp("data")), sources="scal_demo_preemption", height=HEIGHT, width=WIDTH,
-        batch_size_train=8, batch_size_test=16, num_instances=2, train_sampler="RandomIdentitySampler",
-        workers=0, use_gpu=False, transforms=["random_flip", "random_crop", "random_erase"],
-    )
+    return tiny_datamanager(tmp_path_factory.mktemp("data"), "scal_demo_preemption",
+                            ["random_flip", "random_crop", "random_erase"], **TINY)
 
 
 def build_engine(datamanager) -> ImageSCALEngine:
     _torchreid.utils.set_random_seed(SEED)
-    model = create_model("resnet50_scal_channel", datamanager.num_train_pids, loss="triplet", pretrained=False,
-                         height=HEIGHT, width=WIDTH)
-    optimizer = _torchreid.optim.build_optimizer(model, optim="adam", lr=3e-4)
-    scheduler = _torchreid.optim.build_lr_scheduler(optimizer, lr_scheduler="multi_step", stepsize=[1])
-    critics = StageCritics(model.attention, model.stage_channels, [2, 4])
-    critic_optimizer = torch.optim.Adam(critics.parameters(), lr=1e-3)
-    return ImageSCALEngine(datamanager, model, optimizer, scheduler=scheduler, use_gpu=False, critics=critics,
-                           critic_optimizer=critic_optimizer)
+    return tiny_scal_engine(datamanager, critic_lr=1e-3)
 
 
 def signal_during(engine: ImageSCALEngine, epoch: int, step: int, signum: int) -> None:
