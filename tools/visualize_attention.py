@@ -3,9 +3,10 @@
     python tools/visualize_attention.py --config-file C --weights W --output DIR [--images FOLDER]
         [--num-images N] [KEY VALUE ...]
 
-Per image, DIR/<name>.png is one row of fixed-size panels: the image, then per stage the attention map
-(spatial) or the activation weighted by the channel attention beside the unweighted one (channel), each
-captioned with the stage's critic value V_k. DIR/actmap/<name>.jpg are torchreid's activation maps.
+Per image, DIR/<name>.png is one figure: the image, then per stage the attention map on the fixed scale
+0..1 (spatial) or, for channel attention, the ratio of attended to unattended activation at each position
+above the stage's channel weights sorted from largest to smallest; each panel is captioned with the stage's
+critic value V_k and has a colour scale. DIR/actmap/<name>.jpg are torchreid's activation maps.
 Images: the query split of the config's first target (the first 16 unless --num-images), or every image
 file of --images; rewards are undefined for both (their identities are not classifier classes).
 Trailing KEY VALUE pairs override the config as in tools/main.py. Errors exit with a message and, as
