@@ -16,7 +16,7 @@ from torchreid_scal import _torchreid
 from torchreid_scal.checkpoint import (CheckpointError, SafeCheckpointing, latest_checkpoint, load_checkpoint,
                                        load_weights, save_checkpoint, to_plain)
 from torchreid_scal.cli import run_tool
-from torchreid_scal.models import create_model
+from torchreid_scal.models import StageCritics, create_model
 
 
 def test_numpy_scalars_become_python_numbers():
@@ -108,6 +108,21 @@ class TinyEngine(SafeCheckpointing):
 
     def get_model_names(self):
         return list(self._models)
+
+
+def test_resume_refuses_critics_built_with_another_activation(tmp_path):
+    trained = TinyEngine()
+    trained._models["critic"] = StageCritics("channel", [4], [0], activation="silu")
+    trained._optims["critic"] = trained._scheds["critic"] = None
+    trained.save_model(0, 0.0, str(tmp_path))
+    other = TinyEngine()
+    other._models["critic"] = StageCritics("channel", [4], [0], activation="relu")
+    other._optims["critic"] = other._scheds["critic"] = None
+    with pytest.raises(CheckpointError, match=r"cannot resume critic from .*model.pth.tar-1: it was trained as "
+                                              r"\{'activation': 'silu'"):
+        other.resume(str(tmp_path / "model" / "model.pth.tar-1"), str(tmp_path))
+    other._models["critic"] = StageCritics("channel", [4], [0], activation="silu")
+    assert other.resume(str(tmp_path / "model" / "model.pth.tar-1"), str(tmp_path)) == 1
 
 
 def files(save_dir):

@@ -48,7 +48,7 @@ def test_short_run_evaluates_saves_and_resumes(datamanager, tmp_path, capsys):
     path = os.path.join(save_dir, "model", "model.pth.tar-2")
     saved = torch.load(path, weights_only=True)
     assert saved["epoch"] == 2 and type(saved["rank1"]) is float
-    assert set(saved["critic"]) == {"state_dict", "optimizer", "scheduler"}
+    assert set(saved["critic"]) == {"state_dict", "optimizer", "scheduler", "architecture"}
 
     fresh = build_engine(datamanager)
     assert fresh.resume(path) == 2

@@ -37,6 +37,19 @@ def test_load_scal_restores_model_and_critics(trained_run, loaded):
     assert critics.stages == [0, 1, 2, 3, 4]
 
 
+def test_load_scal_takes_the_critics_activation_from_the_checkpoint(trained_run, tmp_path):
+    saved = torch.load(trained_run.weights, weights_only=True)
+    assert saved["critic"]["architecture"] == {"activation": "relu", "stages": [0, 1, 2, 3, 4]}  # as trained
+    saved["critic"]["architecture"]["activation"] = "silu"  # the config below still says relu
+    torch.save(saved, tmp_path / "silu.pth")
+    _, critics = load_scal(trained_run.cfg, str(tmp_path / "silu.pth"), CPU)
+    assert isinstance(critics.critics["4"].act, torch.nn.SiLU)
+    del saved["critic"]["architecture"]  # a checkpoint from before it was recorded: the config decides
+    torch.save(saved, tmp_path / "older.pth")
+    _, critics = load_scal(trained_run.cfg, str(tmp_path / "older.pth"), CPU)
+    assert isinstance(critics.critics["4"].act, torch.nn.ReLU)
+
+
 def test_load_scal_names_the_file_of_a_checkpoint_it_cannot_use(trained_run, tmp_path):
     classifier = {"classifier.weight": torch.zeros(3, 2048)}
     torch.save({"state_dict": classifier}, tmp_path / "no_critic.pth")

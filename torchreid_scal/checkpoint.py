@@ -240,11 +240,14 @@ class NonFiniteError(FloatingPointError):
 
 
 def _entry(model: nn.Module, optimizer, scheduler) -> Dict[str, Any]:
-    return {
+    entry = {
         "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
+    if hasattr(model, "architecture"):  # e.g. the critics' activation, which no weight records
+        entry["architecture"] = model.architecture()
+    return entry
 
 
 class SafeCheckpointing:
@@ -326,9 +329,13 @@ class SafeCheckpointing:
             entry = state if name == "model" else state.get(name)
             if entry is None:
                 raise CheckpointError(f"{path} has no entry for {name!r}: it was not written by this engine")
-            model = self._models[name]
+            model = getattr(self._models[name], "module", self._models[name])
+            recorded = entry.get("architecture") if isinstance(entry, Mapping) else None
+            if recorded is not None and hasattr(model, "architecture") and recorded != model.architecture():
+                raise CheckpointError(f"cannot resume {name} from {path}: it was trained as {recorded}, the "
+                                      f"configuration builds {model.architecture()}; use the run's configuration")
             try:
-                getattr(model, "module", model).load_state_dict(state_dict_of(entry, source=path))
+                model.load_state_dict(state_dict_of(entry, source=path))
             except RuntimeError as err:
                 raise CheckpointError(f"cannot resume {name} from {path}: it was trained with another configuration "
                                  f"(e.g. number of identities or model). {str(err).splitlines()[0]}") from err

@@ -69,7 +69,8 @@ class Inspection:
 
 def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, StageCritics]:
     """The model (sized by the checkpoint's classifier) and its critics from ``weights``, on ``device``, in
-    eval mode. The checkpoint supplies every weight, so no ImageNet weights are loaded. CheckpointError when
+    eval mode. The checkpoint supplies every weight, so no ImageNet weights are loaded, and the critics'
+    activation where it records it (older checkpoints: ``scal.critic_activation``). CheckpointError when
     the file lacks the critics or does not fit the config; ConfigError when model.name has no attention."""
     state = load_checkpoint(weights)
     model_state = state_dict_of(state, source=weights)
@@ -83,8 +84,9 @@ def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, 
         raise ConfigError(f"model.name {cfg.model.name} has no attention agents: {weights} cannot be inspected "
                           "with it (use resnet50_scal, resnet50_scal_channel or resnet50_scal_spatial)")
     model = build_trained_model(cfg, model_state, weights)
+    architecture = state["critic"].get("architecture") or {}
     critics = StageCritics(model.attention, model.stage_channels, list(cfg.scal.critic_stages),
-                           activation=cfg.scal.critic_activation)
+                           activation=architecture.get("activation", cfg.scal.critic_activation))
     try:
         critics.load_state_dict(critic_state)
     except RuntimeError as err:

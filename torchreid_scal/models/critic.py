@@ -94,8 +94,13 @@ class StageCritics(nn.Module):
                 f"scal.critic_stages={list(stages)} must be a non-empty subset of {list(range(len(stage_channels)))}"
             )
         self.stages = sorted(set(int(k) for k in stages))
+        self.activation = activation
         self.critics = nn.ModuleDict({str(k): CRITICS[attention](stage_channels[k], activation=activation)
                                        for k in self.stages})
+
+    def architecture(self) -> Dict[str, object]:
+        """What the weights do not tell, for checkpoints: the hidden non-linearity (and the stages)."""
+        return {"activation": self.activation, "stages": list(self.stages)}
 
     def forward(self, features: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
                 agent_maps: Optional[Sequence[torch.Tensor]] = None, ones: bool = False) -> CriticValues:
