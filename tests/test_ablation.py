@@ -33,6 +33,8 @@ def test_markdown_lists_every_run_and_the_summary(tmp_path):
     assert text.startswith("header line")
     assert "| `bnneck` | 3 | 32.0 ± 2.0 | 44.0 ± 4.0 |" in text
     assert text.count("| `scal_paper` | ") == 3  # the summary row and one row per run
+    for table in (t for t in text.split("\n\n") if t.startswith("|")):  # every row has the header's cells
+        assert len({row.count("|") for row in table.splitlines()}) == 1, table
     chart(RECORDS, summary, str(tmp_path / "chart.png"))
     assert cv2.imread(str(tmp_path / "chart.png")) is not None
 

@@ -120,12 +120,12 @@ def _cell(stat: Mapping[str, Any], digits: int) -> str:
 def markdown(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping[str, Any]],
              header: str = "") -> str:
     """``ablation.md``: mean ± sd per variant, then every run."""
-    lines = [header, "", "| variant | seeds | mAP | rank-1 " + HEADERS, "|---|---|---:|---:" + "---:|" * len(SHOWN)]
+    lines = [header, "", "| variant | seeds | mAP | rank-1 " + HEADERS, "|---|---|---:|---:|" + "---:|" * len(SHOWN)]
     for variant, stats in summary.items():
         lines.append(f"| `{variant}` | {len(stats['seeds'])} | {_cell(stats['mAP'], 1)} | {_cell(stats['rank1'], 1)} | "
                      + " | ".join(_cell(stats[k], 3) for k in SHOWN) + " |")
     lines += ["", "Every run:", "", "| variant | seed | mAP | rank-1 " + HEADERS + " minutes |",
-              "|---|---:|---:|---:" + "---:|" * (len(SHOWN) + 1)]
+              "|---|---:|---:|---:|" + "---:|" * (len(SHOWN) + 1)]
     for r in records:
         diag = " | ".join("–" if r.get(k) is None else f"{r[k]:.3f}" for k in SHOWN)
         lines.append(f"| `{r['variant']}` | {r['seed']} | {r['mAP']:.1f} | {r['rank1']:.1f} | {diag} | "
