@@ -9,14 +9,15 @@ import sys
 from torchreid_scal.config import get_default_config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MODELS = {"resnet50", "resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal_spatial"}
+MODELS = {"resnet50", "resnet50_scal_spatial"}  # torchreid's reference and a SCAL model: every code path, half the time
 
 
 def test_benchmark_json_has_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--batch-size", "4", "--num-instances", "2",
-         "--height", "64", "--width", "32", "--steps", "2", "--warmup", "1", "--json", str(out)],
+         "--height", "64", "--width", "32", "--steps", "2", "--warmup", "1", "--json", str(out),
+         "--models", *sorted(MODELS)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -29,7 +30,7 @@ def test_benchmark_json_has_every_figure(tmp_path):
     assert report["scal"]["critic_counterfactual"] == scal.critic_counterfactual
     assert report["settings"]["height"] == 64 and report["versions"]["torchreid_layout"] == "pypi"
     assert all(len(report["raw"][m]["train_step_s"]) == 2 for m in MODELS)
-    assert "resnet50_scal_spatial" in result.stdout and "step/resnet50_bn" in result.stdout
+    assert "resnet50_scal_spatial" in result.stdout and "step/resnet50" in result.stdout
 
 
 def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
