@@ -148,18 +148,39 @@ def measure(names: Sequence[str], args, data) -> Dict[str, Dict[str, object]]:
 
 
 def profile_step(name: str, args, data) -> None:
-    """Where one training step of ``name`` spends its time, by operator (after warm-up steps)."""
-    engine = build_engine(name, args, num_classes=int(data["pid"].max()) + 1)
-    engine.set_model_mode("train")
-    for _ in range(args.warmup):
-        engine.forward_backward(data)
+    """Where one training step of ``name`` spends its time, by operator (after warm-up steps); for any other
+    model than ``resnet50_bnneck``, also where its step spends more than ``resnet50_bnneck``'s, profiled in
+    the same run: the operators ordered by the self time they add."""
+    names = [name] + [REFERENCES[0]] * (name != REFERENCES[0])
+    sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
     activities = [torch.profiler.ProfilerActivity.CPU]
     if args.device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        engine.forward_backward(data)
-    sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=20))
+    self_s: Dict[str, Dict[str, float]] = {}
+    for model in names:
+        engine = build_engine(model, args, num_classes=int(data["pid"].max()) + 1)
+        engine.set_model_mode("train")
+        for _ in range(args.warmup):
+            engine.forward_backward(data)
+        _sync(args.device)
+        with torch.profiler.profile(activities=activities) as prof:
+            engine.forward_backward(data)
+            _sync(args.device)
+        events = prof.key_averages()
+        self_s[model] = {e.key: getattr(e, sort) / 1e6 for e in events}
+        if model == name:
+            print(events.table(sort_by=sort, row_limit=20))
+    if len(names) == 1:
+        return
+    ref = names[1]
+    total = {m: sum(times.values()) for m, times in self_s.items()}
+    print(f"{name}: {total[name]:.3f} s of operator self time, {ref}: {total[ref]:.3f} s "
+          f"({total[name] / total[ref]:.3f}x); the operators that add the most:")
+    added = {op: self_s[name].get(op, 0.0) - self_s[ref].get(op, 0.0) for op in self_s[name].keys() | self_s[ref]}
+    print(f"{'operator':<48}{name[:21]:>22}{ref[:21]:>22}{'added s':>10}{'of extra':>10}")
+    for op in sorted(added, key=added.get, reverse=True)[:15]:
+        print(f"{op[:47]:<48}{self_s[name].get(op, 0.0):>22.3f}{self_s[ref].get(op, 0.0):>22.3f}"
+              f"{added[op]:>10.3f}{added[op] / (total[name] - total[ref]):>10.1%}")
 
 
 def peak_rss_mb() -> float:

@@ -51,3 +51,18 @@ def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
     assert abs(raw["fast"]["mAP"] - raw["torchreid_python"]["mAP"]) < 1e-6
     assert abs(raw["fast"]["rank1"] - raw["torchreid_python"]["rank1"]) < 1e-6 and raw["fast"]["rank1"] > 0
     assert "market1501-sized evaluation" in result.stdout and report["cpu"]
+
+
+def test_profile_names_the_operators_that_add_time_to_the_reference():
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--batch-size", "4", "--num-instances", "2",
+         "--height", "64", "--width", "32", "--warmup", "1", "--profile", "resnet50_scal_channel"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "aten::" in result.stdout and "Self CPU" in result.stdout  # torch.profiler's table of the SCAL step
+    head, _, added = result.stdout.partition("the operators that add the most:")
+    assert "resnet50_scal_channel:" in head and "resnet50_bnneck:" in head
+    rows = [line.split() for line in added.strip().splitlines()[1:]]
+    assert len(rows) == 15 and rows[0][0].startswith("aten::")
+    assert [float(r[-2]) for r in rows] == sorted((float(r[-2]) for r in rows), reverse=True)
