@@ -1,6 +1,9 @@
 """Mixed precision's update on the CPU: float16 with gradient scaling (as on GPUs without bfloat16), bfloat16."""
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 from torch import nn
 
@@ -47,3 +50,16 @@ def test_gpus_that_only_emulate_bfloat16_get_float16(monkeypatch):
     assert precision.amp_dtype(torch.device("cuda")) == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert precision.amp_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+def test_bfloat16_on_a_cpu_without_bfloat16_instructions_warns_naming_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.warns(RuntimeWarning, match=r"test\.amp True: this CPU has no bfloat16 instructions.*test\.amp False"):
+        Precision(CPU, enabled=True, key="test.amp")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Precision(CPU, enabled=True)  # AMX computes bfloat16: no warning
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        Precision(CPU, enabled=False)  # float32 training never warns

@@ -49,8 +49,8 @@ class EngineMixin(SafeCheckpointing):
         self.evaluator = evaluator
         self.eval_memory_mb = eval_memory_mb
         self.device = torch.device("cuda" if self.use_gpu else "cpu")
-        self.precision = Precision(self.device, amp)
-        self.test_precision = Precision(self.device, test_amp)
+        self.precision = Precision(self.device, amp, key="train.amp")
+        self.test_precision = Precision(self.device, test_amp, key="test.amp")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.checkpoint_freq = checkpoint_freq
         self.keep_last = keep_last

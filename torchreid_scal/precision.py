@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, ContextManager, Dict, Sequence
 
 import torch
@@ -15,11 +16,23 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bf16 autocast is emulated
+    (one ``resnet50_bnneck`` training step at 256x128, batch 16: 78 s instead of 4.5 s on a Zen-3 AMD EPYC)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: True)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 class Precision:
     """``autocast()`` for the forward passes and ``backward_step`` for the update, with a GradScaler exactly
-    when the dtype is float16. Disabled, both are plain float32 training."""
+    when the dtype is float16. Disabled, both are plain float32 training. ``key`` names the config key that
+    enabled it, for the warning given when the CPU would only emulate bfloat16."""
 
-    def __init__(self, device: torch.device, enabled: bool = False) -> None:
+    def __init__(self, device: torch.device, enabled: bool = False, key: str = "train.amp") -> None:
+        if enabled and device.type == "cpu" and not cpu_computes_bfloat16():
+            warnings.warn(f"{key} True: this CPU has no bfloat16 instructions (neither AVX512-BF16 nor AMX), so "
+                          "bfloat16 autocast is emulated and many times slower than float32; set "
+                          f"{key} False here", RuntimeWarning, stacklevel=2)
         self.device_type = device.type
         self.enabled = enabled
         self.dtype = amp_dtype(device) if enabled else torch.float32
