@@ -70,7 +70,8 @@ class Inspection:
 def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, StageCritics]:
     """The model (sized by the checkpoint's classifier) and its critics from ``weights``, on ``device``, in
     eval mode. The checkpoint supplies every weight, so no ImageNet weights are loaded, and the critics'
-    activation where it records it (older checkpoints: ``scal.critic_activation``). CheckpointError when
+    activation and stages where it records them (older checkpoints: ``scal.critic_activation`` and
+    ``scal.critic_stages``). CheckpointError when
     the file lacks the critics or does not fit the config; ConfigError when model.name has no attention."""
     state = load_checkpoint(weights)
     model_state = state_dict_of(state, source=weights)
@@ -85,13 +86,14 @@ def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, 
                           "with it (use resnet50_scal, resnet50_scal_channel or resnet50_scal_spatial)")
     model = build_trained_model(cfg, model_state, weights)
     architecture = state["critic"].get("architecture") or {}
-    critics = StageCritics(model.attention, model.stage_channels, list(cfg.scal.critic_stages),
+    stages = list(architecture.get("stages", cfg.scal.critic_stages))
+    critics = StageCritics(model.attention, model.stage_channels, stages,
                            activation=architecture.get("activation", cfg.scal.critic_activation))
     try:
         critics.load_state_dict(critic_state)
     except RuntimeError as err:
         raise CheckpointError(f"{weights} does not fit the configured critics ({model.attention} attention, "
-                              f"scal.critic_stages {list(cfg.scal.critic_stages)}): {err}") from None
+                              f"scal.critic_stages {stages}): {err}") from None
     return model.to(device).eval(), critics.to(device).eval()
 
 
