@@ -19,6 +19,12 @@ from torchreid_scal.engine import ImageSCALEngine
 from torchreid_scal.models import StageCritics, create_model
 from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Test processes share the cores: each, and every tool it starts, gets its share of threads.
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
+
 HEIGHT, WIDTH = 64, 32
 NUM_CLASSES = 6
 

@@ -7,9 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-
 from types import SimpleNamespace
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -75,45 +74,53 @@ def assert_same_weights(expected_path, actual_path):
     assert worst <= 1e-6, worst
 
 
-def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, reference, tmp_path):
-    victim_dir = tmp_path / "victim"
-    victim = subprocess.Popen(command(template, victim_dir, *RESUMABLE), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    latest = victim_dir / "model" / "latest"
-    deadline = time.monotonic() + 600
-    while not latest.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL
-    assert latest.read_text().strip() == "model.pth.tar-1", "the kill should land during epoch 2"
+def resumable_copy(reference, tmp_path):
+    """A run folder whose first epoch is the reference's, as if this run had written it."""
+    model_dir = tmp_path / "victim" / "model"
+    model_dir.mkdir(parents=True)
+    shutil.copy(reference / "model.pth.tar-1", model_dir)
+    (model_dir / "latest").write_text("model.pth.tar-1\n")
+    return model_dir
 
-    resumed = main_py(template, victim_dir, *RESUMABLE, "model.resume", "auto")
+
+def interrupt_at_step(root, save_dir, opts, step: int, sig: signal.Signals) -> Tuple[int, str]:
+    """tools/main.py, sent ``sig`` once it prints step ``step`` of epoch 2 of 2: its exit status and stderr."""
+    victim = subprocess.Popen(command(root, save_dir, *opts), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in victim.stdout:
+        if line.startswith(f"epoch: [2/2][{step}/12]"):
+            victim.send_signal(sig)
+            break
+    _, stderr = victim.communicate(timeout=600)
+    return victim.returncode, stderr
+
+
+RESUME = [*RESUMABLE, "train.print_freq", "1", "model.resume", "auto"]
+
+
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, reference, tmp_path):
+    model_dir = resumable_copy(reference, tmp_path)
+    files = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    status, _ = interrupt_at_step(template, model_dir.parent, RESUME, 5, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == files  # nothing written, nothing broken
+
+    resumed = main_py(template, model_dir.parent, *RESUME)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resumed from" in resumed.stdout and "next epoch 2" in resumed.stdout
-    assert_same_weights(reference / "model.pth.tar-2", victim_dir / "model" / "model.pth.tar-2")
+    assert_same_weights(reference / "model.pth.tar-2", model_dir / "model.pth.tar-2")
 
 
 def test_sigterm_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(template, reference, tmp_path):
-    model_dir = tmp_path / "victim" / "model"
-    model_dir.mkdir(parents=True)
-    shutil.copy(reference / "model.pth.tar-1", model_dir)  # this run has done its first epoch, as the reference
-    (model_dir / "latest").write_text("model.pth.tar-1\n")
-    opts = [*RESUMABLE, "train.print_freq", "1", "model.resume", "auto"]
-    victim = subprocess.Popen(command(template, model_dir.parent, *opts), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in victim.stdout:
-        if line.startswith("epoch: [2/2][3/12]"):
-            victim.send_signal(signal.SIGTERM)
-            break
-    _, stderr = victim.communicate(timeout=600)
-    assert victim.returncode == 6, stderr[-2000:]
+    model_dir = resumable_copy(reference, tmp_path)
+    status, stderr = interrupt_at_step(template, model_dir.parent, RESUME, 3, signal.SIGTERM)
+    assert status == 6, stderr[-2000:]
     latest = (model_dir / "latest").read_text().strip()
     finished, step = latest[len("model.pth.tar-"):].split("+")
     assert finished == "1" and 3 <= int(step) < 12, latest
     assert f"stopped: SIGTERM received after step {step} of epoch 2: checkpoint {model_dir}" in stderr
 
-    resumed = main_py(template, model_dir.parent, *opts)
+    resumed = main_py(template, model_dir.parent, *RESUME)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"epoch 2 continues after step {step}" in resumed.stdout and "epoch: [2/2][1/12]" not in resumed.stdout
     assert_same_weights(reference / "model.pth.tar-2", model_dir / "model.pth.tar-2")
@@ -131,7 +138,7 @@ def test_corrupt_image_is_named(data_root, tmp_path):
 def test_corrupt_image_can_be_skipped(data_root, tmp_path):
     bad = sorted((data_root / "scal_demo" / "query").iterdir())[0]
     bad.write_bytes(b"\x89PNG truncated")
-    result = main_py(data_root, tmp_path / "log", "train.max_epoch", "1", "data.skip_bad_images", "True")
+    result = main_py(data_root, tmp_path / "log", "test.evaluate", "True", "data.skip_bad_images", "True")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipping 1 unreadable images" in result.stderr and str(bad) in result.stderr
     assert "Done, obtained 49-by-2048 matrix" in result.stdout
@@ -168,10 +175,9 @@ def test_bad_weight_files_are_refused(template, tmp_path, content, message):
     assert not (tmp_path / "pwned").exists() and not os.path.exists(os.path.join(REPO, "pwned"))
 
 
-def test_resume_from_another_configuration_touches_nothing(template, tmp_path):
+def test_resume_from_another_configuration_touches_nothing(template, reference, tmp_path):
     save_dir = tmp_path / "run"
-    first = main_py(template, save_dir, "train.max_epoch", "1")
-    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(reference, save_dir / "model")
     files = {p: p.read_bytes() for p in (save_dir / "model").iterdir()}
     result = main_py(template, save_dir, "train.max_epoch", "2", "model.name", "resnet50_scal_spatial",
                      "model.resume", "auto")
