@@ -156,6 +156,18 @@ def test_features_give_the_metrics_of_their_distances(metric, normalize):
     assert result.mAP == pytest.approx(mAP, abs=1e-6)
 
 
+def test_ranking_threads_change_no_metric_and_leave_torchs_threads_as_they_were():
+    pids = torch.arange(8).repeat_interleave(6)
+    feats = torch.randn(8, 16)[pids] + torch.randn(48, 16)
+    cams, query = torch.arange(48) % 3, torch.arange(48) % 6 == 0
+    labels = pids[query], pids[~query], cams[query], cams[~query]
+    before = torch.get_num_threads()
+    one, two = (evaluate(feats[query], feats[~query], *labels, memory_mb=1e-3, ranking_threads=n) for n in (1, 2))
+    assert torch.get_num_threads() == before
+    np.testing.assert_array_equal(one.cmc, two.cmc)
+    assert (one.mAP, one.mINP) == (two.mAP, two.mINP)
+
+
 def test_rerank_is_torchreids_on_these_distances():
     qf, gf = torch.randn(5, 8), torch.randn(12, 8)
     expected = _torchreid.utils.re_ranking(*(_torchreid.metrics.compute_distance_matrix(a, b).numpy()

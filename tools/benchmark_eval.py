@@ -50,12 +50,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="shrink queries, gallery and identities (tests)")
     parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
     parser.add_argument("--memory-mb", type=float, default=256, help="the fast evaluator's chunk budget")
+    parser.add_argument("--ranking-threads", type=int, default=1,
+                        help="the fast evaluator's ranking threads on the CPU (its default: 1)")
     parser.add_argument("--noise", type=float, help="image noise against identity spread (default: NOISE)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-method", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.noise is None:
         args.noise = NOISE[args.eval]
+    if args.ranking_threads < 1:
+        parser.error(f"--ranking-threads must be at least 1, got {args.ranking_threads}")
     if not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], got {args.scale}")
     if args.methods is None:
@@ -121,12 +125,13 @@ def run_method(method: str, args) -> Dict[str, object]:
                                  "baseline_rss_mb": rss_mb("VmRSS"), "peak_reset": reset_peak_rss()}
     if method == "fast":
         start = time.perf_counter()
-        result = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, memory_mb=args.memory_mb)
+        options = dict(memory_mb=args.memory_mb, ranking_threads=args.ranking_threads)
+        result = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, **options)
         report["total_s"] = time.perf_counter() - start
         report["peak_rss_mb"] = rss_mb("VmHWM")
         distmat = distance_matrix(qf, gf)
         start = time.perf_counter()
-        evaluate_distances(distmat, q_pids, g_pids, q_cams, g_cams, memory_mb=args.memory_mb)
+        evaluate_distances(distmat, q_pids, g_pids, q_cams, g_cams, **options)
         report["rank_s"] = time.perf_counter() - start
         cmc, mAP = result.cmc, result.mAP
     else:
@@ -160,7 +165,8 @@ def main(argv=None) -> None:
         print(json.dumps(run_method(args.run_method, args)))
         return
     options = ["--eval", args.eval, "--scale", str(args.scale), "--dim", str(args.dim), "--memory-mb",
-               str(args.memory_mb), "--noise", str(args.noise), "--seed", str(args.seed)]
+               str(args.memory_mb), "--ranking-threads", str(args.ranking_threads), "--noise", str(args.noise),
+               "--seed", str(args.seed)]
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.py")
     load = [os.getloadavg()[0]]
     raw = {}

@@ -190,17 +190,18 @@ def _cuhk03_cmc(dist: np.ndarray, remaining: np.ndarray, g_pids: np.ndarray, q_p
 
 
 @contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Ranking on the CPU runs on one intra-op thread: its operations are many and memory-bound, and on a
-    busy CPU every multi-threaded one waits for descheduled threads (measured 3-4x slower with 2 threads on a
-    shared 2-core AMD EPYC); the distances (matrix products) keep all threads."""
-    threads = torch.get_num_threads()
+def _cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
+    """Ranking on the CPU runs on ``threads`` intra-op threads, one by default: its operations are many and
+    memory-bound, and multi-threaded ones wait for each other (2-core AMD EPYC, idle, Market-1501 size: 0.57-0.66 s
+    with one thread, 1.09-1.10 s with two, ``tools/benchmark.py --eval market1501 --methods fast
+    --ranking-threads N``; worse on a busy CPU); the distances (matrix products) keep all threads."""
+    before = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _chunks(num_q: int, num_g: int, memory_mb: float) -> Iterator[slice]:
@@ -214,7 +215,8 @@ def _labels(values: Array, device: torch.device) -> torch.Tensor:
 
 
 def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_camids: Array, g_camids: Array,
-          device: torch.device, max_rank: int, cuhk03: bool, memory_mb: float, seed: Optional[int]) -> RankMetrics:
+          device: torch.device, max_rank: int, cuhk03: bool, memory_mb: float, seed: Optional[int],
+          ranking_threads: int) -> RankMetrics:
     if num_g == 0:
         raise ValueError("the gallery is empty: nothing to rank")
     q_pids, q_camids = _labels(q_pids, device), _labels(q_camids, device)
@@ -227,7 +229,7 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
     num_valid = 0
     for rows in _chunks(num_q, num_g, memory_mb):
         dist = distances(rows)
-        with _one_cpu_thread(device):
+        with _cpu_threads(device, ranking_threads):
             if not bool(torch.isfinite(torch.stack(torch.aminmax(dist))).all()):
                 raise ValueError("the distances hold NaN or infinite values: are the features finite?")
             ranks, k, row, count = _rank_chunk(dist, q_pids[rows], q_camids[rows], gallery)
@@ -254,23 +256,25 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
 
 def evaluate(qf: torch.Tensor, gf: torch.Tensor, q_pids: Array, g_pids: Array, q_camids: Array, g_camids: Array,
              dist_metric: str = "euclidean", normalize_feature: bool = False, max_rank: int = 50,
-             cuhk03: bool = False, memory_mb: float = 256, seed: Optional[int] = None) -> RankMetrics:
+             cuhk03: bool = False, memory_mb: float = 256, seed: Optional[int] = None,
+             ranking_threads: int = 1) -> RankMetrics:
     """CMC (ranks 1..``max_rank``), mAP and mINP of query features ``qf`` against gallery features ``gf``
     (on their device), with distances computed chunk by chunk; ``normalize_feature`` L2-normalises both first.
-    ``seed`` seeds the CUHK03 draws; ``None`` draws from NumPy's global generator, as torchreid does."""
+    ``seed`` seeds the CUHK03 draws; ``None`` draws from NumPy's global generator, as torchreid does.
+    ``ranking_threads``: intra-op threads of the ranking on the CPU (the distances use all of torch's)."""
     if normalize_feature:
         qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
     distances = GalleryDistances(gf.float(), dist_metric)
     qf = qf.float()
     return _rank(lambda rows: distances(qf[rows]), len(qf), len(gf), q_pids, g_pids, q_camids, g_camids,
-                 gf.device, max_rank, cuhk03, memory_mb, seed)
+                 gf.device, max_rank, cuhk03, memory_mb, seed, ranking_threads)
 
 
 def evaluate_distances(distmat: Array, q_pids: Array, g_pids: Array, q_camids: Array, g_camids: Array,
                        max_rank: int = 50, cuhk03: bool = False, memory_mb: float = 256,
-                       seed: Optional[int] = None) -> RankMetrics:
+                       seed: Optional[int] = None, ranking_threads: int = 1) -> RankMetrics:
     """The same metrics from a given query x gallery distance matrix (e.g. re-ranked), ranked chunk by chunk
     on its device."""
     distmat = torch.as_tensor(distmat)
     return _rank(lambda rows: distmat[rows], distmat.shape[0], distmat.shape[1], q_pids, g_pids, q_camids,
-                 g_camids, distmat.device, max_rank, cuhk03, memory_mb, seed)
+                 g_camids, distmat.device, max_rank, cuhk03, memory_mb, seed, ranking_threads)

@@ -37,7 +37,7 @@ def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
     out = tmp_path / "eval.json"
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--eval", "market1501", "--scale", "0.02",
-         "--dim", "32", "--memory-mb", "0.05", "--json", str(out)],
+         "--dim", "32", "--memory-mb", "0.05", "--ranking-threads", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -51,6 +51,7 @@ def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
     assert abs(raw["fast"]["mAP"] - raw["torchreid_python"]["mAP"]) < 1e-6
     assert abs(raw["fast"]["rank1"] - raw["torchreid_python"]["rank1"]) < 1e-6 and raw["fast"]["rank1"] > 0
     assert "market1501-sized evaluation" in result.stdout and report["cpu"]
+    assert report["settings"]["ranking_threads"] == 2
 
 
 def test_profile_names_the_operators_that_add_time_to_the_reference():
