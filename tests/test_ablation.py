@@ -43,3 +43,17 @@ def test_variants_name_the_paper_and_the_grounded_critic_for_both_attentions():
     assert {"bnneck", "attention", "scal_paper", "scal_grounded", "attention_spatial", "scal_paper_spatial",
             "scal_grounded_spatial"} <= set(VARIANTS)
     assert "critic_alignment" in DIAGNOSTICS
+
+
+def test_each_critic_variant_changes_only_what_its_name_says_against_the_papers():
+    def keys(variant):
+        pairs = VARIANTS[variant]
+        return dict(zip(pairs[::2], pairs[1::2]))
+
+    paper = keys("scal_paper")
+    changed = {v: {k for k, value in keys(v).items() if paper.get(k) != value}
+               for v in ("scal_silu", "scal_counterfactual", "scal_grounded")}
+    assert changed == {"scal_silu": {"scal.critic_activation"},
+                       "scal_counterfactual": {"scal.critic_activation", "scal.critic_counterfactual"},
+                       "scal_grounded": {"scal.critic_activation", "scal.critic_counterfactual",
+                                         "scal.critic_explore_std"}}

@@ -29,6 +29,8 @@ VARIANTS: Dict[str, List[str]] = {
                       "scal.critic_counterfactual", "True", "scal.critic_explore_std", "0.5"],
     "scal_counterfactual": ["model.name", "resnet50_scal_channel", "loss.name", "scal", "scal.critic_activation",
                             "silu", "scal.critic_counterfactual", "True", "scal.critic_explore_std", "0.0"],
+    "scal_silu": ["model.name", "resnet50_scal_channel", "loss.name", "scal", "scal.critic_activation", "silu",
+                  "scal.critic_counterfactual", "False", "scal.critic_explore_std", "0.0"],
     "attention_spatial": ["model.name", "resnet50_scal_spatial", "loss.name", "triplet"],
     "scal_paper_spatial": ["model.name", "resnet50_scal_spatial", "loss.name", "scal", "scal.critic_activation",
                            "relu", "scal.critic_counterfactual", "False", "scal.critic_explore_std", "0.0"],
@@ -38,7 +40,8 @@ VARIANTS: Dict[str, List[str]] = {
 """Variant name -> the ``KEY VALUE`` overrides that make it (on top of the base config and common overrides):
 the BNNeck network without attention, attention trained without a critic (triplet engine), SCAL as the paper
 states it, SCAL with the critic grounded by counterfactual and exploratory maps, and (channel only) by the
-counterfactual maps alone, whose training pass is the paper's; channel and spatial."""
+counterfactual maps alone, whose training pass is the paper's, and the paper's critic with SiLU units (which
+do not die); channel and spatial."""
 METRICS = ("mAP", "rank1")
 DIAGNOSTICS = ("critic_alignment", "critic_shared", "critic_heldout_corr", "critic_agreement", "critic_alive",
                "critic_reward_corr")
