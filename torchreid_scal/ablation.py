@@ -40,8 +40,8 @@ VARIANTS: Dict[str, List[str]] = {
 """Variant name -> the ``KEY VALUE`` overrides that make it (on top of the base config and common overrides):
 the BNNeck network without attention, attention trained without a critic (triplet engine), SCAL as the paper
 states it, SCAL with the critic grounded by counterfactual and exploratory maps, and (channel only) by the
-counterfactual maps alone, whose training pass is the paper's, and the paper's critic with SiLU units (which
-do not die); channel and spatial."""
+counterfactual maps alone, whose training pass is the paper's, and the paper's critic with SiLU units (their
+gradient is not 0 for negative inputs, where ReLU units die); channel and spatial."""
 METRICS = ("mAP", "rank1")
 DIAGNOSTICS = ("critic_alignment", "critic_shared", "critic_heldout_corr", "critic_agreement", "critic_alive",
                "critic_reward_corr")
