@@ -194,7 +194,7 @@ def _cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
     """Ranking on the CPU runs on ``threads`` intra-op threads, one by default: its operations are many and
     memory-bound, and multi-threaded ones wait for each other (2-core AMD EPYC, idle, Market-1501 size: 0.57-0.66 s
     with one thread, 1.09-1.10 s with two, ``tools/benchmark.py --eval market1501 --methods fast
-    --ranking-threads N``; worse on a busy CPU); the distances (matrix products) keep all threads."""
+    --ranking-threads N``); the distances (matrix products) keep all threads."""
     before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
