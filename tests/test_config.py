@@ -116,6 +116,11 @@ def test_command_line_overrides_and_friendly_coercions():
     (["train.batch_size", "0"], "train.batch_size"),
     (["model.name", "foo", "loss.name", "softmax"], "model.name: 'foo' is not a torchreid model"),
     (["model.name", "resnet50_scl"], "did you mean resnet50_scal"),
+    (["model.name", "hacnn_scal"], "model.name: 'hacnn_scal': SCAL has no 'hacnn' backbone; supported backbones: "
+                                   "['osnet_ain_x1_0', 'osnet_ibn_x1_0', 'osnet_x0_25'"),
+    (["model.name", "osnet_x1_0_bnneck", "loss.name", "triplet", "model.last_stride", "2"],
+     "model.last_stride: osnet_x1_0_bnneck takes [1], got 2"),
+    (["model.name", "osnet_x1_0_bnneck", "loss.name", "scal"], "loss.name scal needs an attention model"),
     (["train.lr_scheduler", "single_step", "train.stepsize", "[]"], "train.stepsize"),
     (["train.lr_scheduler", "single_step", "train.stepsize", "[0]"], "train.stepsize"),
     (["test.visrank", "True"], "test.visrank True needs test.evaluate True"),

@@ -8,8 +8,9 @@ import types
 import torchreid
 
 from torchreid_scal import _torchreid
+from torchreid_scal.models import DEFAULT_CFGS
 
-NAMES = ("resnet50_scal", "resnet50_scal_channel", "resnet50_scal_spatial", "resnet50_bnneck")
+NAMES = tuple(DEFAULT_CFGS)
 
 
 def test_installed_pypi_layout_is_resolved():
@@ -52,8 +53,11 @@ def test_upstream_layout_is_detected_and_registered(monkeypatch):
     upstream = sys.modules["torchreid"]
     assert set(NAMES) <= set(table)
     assert "scal_demo" in datasets
-    model = upstream.models.build_model("resnet50_bnneck", 5, loss="triplet", pretrained=False)
-    assert model.classifier.out_features == 5
+    for name in NAMES:  # every backbone from upstream's modules (torchreid.models.osnet, ...)
+        model = upstream.models.build_model(name, 5, loss="triplet", pretrained=False)
+        assert model.classifier.out_features == 5 and model.backbone.name == DEFAULT_CFGS[name]["backbone"]
+        assert len(model.agents) == (5 if DEFAULT_CFGS[name]["attention"] else 0)
+    assert adapter.submodule("models.osnet") is sys.modules["torchreid.models.osnet"]
 
 
 def test_detect_layout_on_plain_modules():

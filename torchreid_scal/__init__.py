@@ -1,6 +1,7 @@
 """SCAL (Self-Critical Attention Learning, ICCV 2019) as a torchreid plugin.
 
-Importing the package registers the ``resnet50_scal`` family with torchreid's model factory and the
+Importing the package registers the SCAL models (``<backbone>_scal``, ``_scal_spatial``, ``_bnneck`` for ResNets,
+ResNet-IBN, ResNeXt, SE-ResNet and OSNet; see :mod:`torchreid_scal.models`) with torchreid's model factory and the
 ``scal_demo`` dataset with its dataset table; :func:`register` does the same explicitly.
 """
 from __future__ import annotations

@@ -51,8 +51,8 @@ def get_default_config() -> CN:
     cfg.model.pretrained = True
     cfg.model.load_weights = ""
     cfg.model.resume = ""
-    cfg.model.last_stride = 1  # SCAL: ResNet-50's last stride for the resnet50_scal family
-    cfg.model.pretrained_path = ""  # SCAL: local ImageNet ResNet-50 file ('' = torch hub cache)
+    cfg.model.last_stride = 1  # SCAL: stride of a ResNet backbone's last stage (OSNet's keeps the map size: 1)
+    cfg.model.pretrained_path = ""  # SCAL: local ImageNet file of the backbone ('' = the file torchreid's loader uses)
     cfg.model.channels_last = False  # SCAL plugin: channels-last memory format for training and evaluation
 
     cfg.data = CN()
@@ -294,6 +294,12 @@ def _positive(cfg: CN, *keys: str, allow_zero: bool = False) -> None:
 
 
 def _check_model_name(name: str, models: Sequence[str]) -> None:
+    from .models import BACKBONES, VARIANTS, split_name
+
+    scal = split_name(name)
+    if name not in models and scal is not None and scal[0] not in BACKBONES:
+        raise ConfigError(f"config key model.name: {name!r}: SCAL has no {scal[0]!r} backbone; supported backbones: "
+                          f"{sorted(BACKBONES)} (as <backbone>{', <backbone>'.join(VARIANTS)})")
     if name not in models:
         close = difflib.get_close_matches(name, models, n=1)
         hint = f"did you mean {close[0]}?" if close else f"available: {sorted(models)}"
@@ -303,6 +309,7 @@ def _check_model_name(name: str, models: Sequence[str]) -> None:
 def validate(cfg: CN) -> None:
     """Values that have the right type but cannot work, caught before any data is loaded."""
     from . import _torchreid
+    from .models import BACKBONES, DEFAULT_CFGS, attention_of
 
     _choice("data.type", cfg.data.type, ["image"])
     _choice("loss.name", cfg.loss.name, ["softmax", "triplet", "scal"])
@@ -321,6 +328,11 @@ def validate(cfg: CN) -> None:
               "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",
               "scal.critic_explore_std", "scal.diagnostic_images", allow_zero=True)
     _check_model_name(cfg.model.name, list(_torchreid.model_factory()))
+    backbone = DEFAULT_CFGS.get(cfg.model.name, {}).get("backbone")
+    if backbone is not None and cfg.model.last_stride not in BACKBONES[backbone].last_strides():
+        raise ConfigError(f"config key model.last_stride: {cfg.model.name} takes "
+                          f"{list(BACKBONES[backbone].last_strides())}, got {cfg.model.last_stride} "
+                          f"({backbone}'s last stages keep the map size)")
     if not cfg.test.evaluate:
         _positive(cfg, "train.max_epoch")
     if cfg.test.visrank and not cfg.test.evaluate:
@@ -366,9 +378,9 @@ def validate(cfg: CN) -> None:
     if cfg.loss.name in ("triplet", "scal") and cfg.loss.triplet.weight_t + cfg.loss.triplet.weight_x <= 0:
         raise ConfigError("loss.triplet.weight_t and loss.triplet.weight_x are both 0: nothing would be trained")
     if cfg.loss.name == "scal":
-        if not cfg.model.name.startswith("resnet50_scal"):
-            raise ConfigError(f"loss.name scal needs an attention model (resnet50_scal, resnet50_scal_channel, "
-                              f"resnet50_scal_spatial); model.name is {cfg.model.name!r}")
+        if attention_of(cfg.model.name) is None:
+            raise ConfigError(f"loss.name scal needs an attention model (<backbone>_scal, _scal_channel or "
+                              f"_scal_spatial, e.g. resnet50_scal); model.name is {cfg.model.name!r}")
         _choice("scal.critic_activation", cfg.scal.critic_activation, ["relu", "leaky_relu", "silu"])
         bad = [k for k in cfg.scal.critic_stages if not 0 <= k <= 4]
         if bad or not cfg.scal.critic_stages:

@@ -76,14 +76,14 @@ def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, 
     state = load_checkpoint(weights)
     model_state = state_dict_of(state, source=weights)
     if "classifier.weight" not in model_state:
-        raise CheckpointError(f"{weights} holds no classifier.weight: not a checkpoint of a resnet50_scal model")
+        raise CheckpointError(f"{weights} holds no classifier.weight: not a checkpoint of a SCAL model")
     if not isinstance(state.get("critic"), Mapping):
         raise CheckpointError(f"{weights} has no 'critic' entry: it was not written by the SCAL engine "
                               "(loss.name scal), so there are no critics to inspect")
     critic_state = state_dict_of(state["critic"], source=f"the 'critic' entry of {weights}")
     if DEFAULT_CFGS.get(cfg.model.name, {}).get("attention") is None:
         raise ConfigError(f"model.name {cfg.model.name} has no attention agents: {weights} cannot be inspected "
-                          "with it (use resnet50_scal, resnet50_scal_channel or resnet50_scal_spatial)")
+                          "with it (use <backbone>_scal, _scal_channel or _scal_spatial, e.g. resnet50_scal)")
     model = build_trained_model(cfg, model_state, weights)
     architecture = state["critic"].get("architecture") or {}
     stages = list(architecture.get("stages", cfg.scal.critic_stages))

@@ -22,7 +22,7 @@ from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_schedu
 from .datasets import DATASETS, check_available, checked_datasets
 from .datasets.splits import diagnostic_dataset, fixed_batch
 from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
-from .models import MODEL_FACTORIES, StageCritics
+from .models import MODEL_FACTORIES, PretrainedWeightsError, StageCritics
 
 
 def select_device(cfg: CN) -> torch.device:
@@ -65,12 +65,16 @@ def build_datamanager(cfg: CN, device: torch.device):
 
 
 def build_model(cfg: CN, num_classes: int) -> nn.Module:
-    """This package's models through their registered factory with the configured keywords; any other
-    name through torchreid's ``build_model``."""
+    """This package's models through their registered factory with the configured keywords (ConfigError when a
+    configured value does not fit the model or its ImageNet weights cannot be had); any other name through
+    torchreid's ``build_model``."""
     loss = "softmax" if cfg.loss.name == "softmax" else "triplet"
     if cfg.model.name in MODEL_FACTORIES:
         factory = MODEL_FACTORIES[cfg.model.name]
-        return factory(num_classes, loss=loss, pretrained=cfg.model.pretrained, **model_kwargs(cfg))
+        try:
+            return factory(num_classes, loss=loss, pretrained=cfg.model.pretrained, **model_kwargs(cfg))
+        except (PretrainedWeightsError, ValueError) as err:  # a value or a file the config names: one line, exit 2
+            raise ConfigError(f"{cfg.model.name}: {err}") from None
     return _torchreid.models.build_model(cfg.model.name, num_classes, loss=loss, pretrained=cfg.model.pretrained)
 
 

@@ -9,9 +9,9 @@ import torchreid
 
 import torchreid_scal
 from torchreid_scal import _torchreid
-from torchreid_scal.models import DEFAULT_CFGS, MODEL_FACTORIES, SCALResNet
+from torchreid_scal.models import BACKBONES, DEFAULT_CFGS, MODEL_FACTORIES, VARIANTS, SCALResNet, create_model
 
-NAMES = ["resnet50_scal", "resnet50_scal_channel", "resnet50_scal_spatial", "resnet50_bnneck"]
+NAMES = list(MODEL_FACTORIES)
 
 
 def test_names_are_listed_by_torchreid(capsys):
@@ -21,18 +21,27 @@ def test_names_are_listed_by_torchreid(capsys):
         assert f"'{name}'" in listed
 
 
+def test_four_names_per_backbone():
+    assert len(NAMES) == 4 * len(BACKBONES)
+    for backbone in BACKBONES:
+        assert [DEFAULT_CFGS[f"{backbone}{suffix}"]["attention"] for suffix in VARIANTS] == [
+            "channel", "channel", "spatial", None]
+        assert DEFAULT_CFGS[f"{backbone}_scal"] == DEFAULT_CFGS[f"{backbone}_scal_channel"]
+
+
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("loss", ["softmax", "triplet"])
-def test_build_model_through_torchreid(name, loss):
-    model = torchreid.models.build_model(name, num_classes=7, loss=loss, pretrained=False, use_gpu=False)
+def test_build_model_through_torchreid(name):
+    """torchreid's factory builds every name with its defaults (the spatial agents sized for 256x128)."""
+    model = torchreid.models.build_model(name, num_classes=7, loss="triplet", pretrained=False, use_gpu=False)
     assert isinstance(model, SCALResNet)
-    assert model.loss == loss
+    assert model.loss == "triplet" and model.backbone.name == DEFAULT_CFGS[name]["backbone"]
     assert model.attention == DEFAULT_CFGS[name]["attention"]
-    assert len(model.agents) == (0 if name == "resnet50_bnneck" else 5)
-    model.train()
-    out = model(torch.randn(2, 3, 256, 128))
-    logits = out if loss == "softmax" else out[0]
-    assert logits.shape == (2, 7)
+    assert len(model.agents) == (0 if name.endswith("_bnneck") else 5)
+    assert model.classifier.out_features == 7 and model.image_size == (256, 128)
+    if model.attention == "spatial":
+        model.eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 256, 128)).shape == (1, model.feature_dim)
 
 
 def test_registration_is_idempotent():
@@ -64,6 +73,13 @@ def test_factory_takes_configured_keywords():
 def test_factory_rejects_unknown_keyword():
     with pytest.raises(TypeError, match="colour"):
         MODEL_FACTORIES["resnet50_scal"](5, pretrained=False, colour="red")
+    with pytest.raises(TypeError, match="backbone"):  # fixed by the name
+        MODEL_FACTORIES["resnet50_scal"](5, pretrained=False, backbone="osnet_x1_0")
+
+
+def test_unsupported_backbone_lists_the_supported_ones():
+    with pytest.raises(KeyError, match="supported backbones: .*'osnet_x1_0'.*'se_resnet50'"):
+        create_model("hacnn_scal", 5, pretrained=False)
 
 
 @pytest.mark.parametrize("kwargs, key", [({"loss": "arcface"}, "loss"), ({"feature": "fc"}, "feature"),

@@ -1,14 +1,19 @@
-"""The network's forward contract, its stage outputs and its no-attention mode."""
+"""The network's forward contract, its stage outputs, its no-attention mode, and resnet50_scal's weights as they
+were before the network took any backbone (same keys, same initialisation)."""
 from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from conftest import HEIGHT, NUM_CLASSES, WIDTH
 from torchreid_scal import _torchreid
-from torchreid_scal.models import SCALOutput, create_model, stage_sizes
-from torchreid_scal.models.scal_resnet import STAGE_CHANNELS
+from torchreid_scal.checkpoint import load_weights, save_checkpoint
+from torchreid_scal.models import ChannelAgent, SCALOutput, SpatialAgent, create_model, stage_sizes
+from torchreid_scal.models.head import BNNeck
+
+STAGE_CHANNELS = (64, 256, 512, 1024, 2048)
 
 VARIANTS = ["resnet50_scal_channel", "resnet50_scal_spatial", "resnet50_bnneck"]
 
@@ -36,7 +41,7 @@ def test_outputs_in_every_mode(variant, images):
     assert bn.shape == pooled.shape == (4, 2048)
     assert torch.allclose(pooled, maps.mean(dim=(2, 3)), atol=1e-5)
     assert not torch.allclose(bn, pooled)
-    assert maps.shape == (4, 2048, *stage_sizes(HEIGHT, WIDTH)[-1])
+    assert maps.shape == (4, 2048, *stage_sizes(HEIGHT, WIDTH)[-1]) == (4, 2048, *model.stage_sizes[-1])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -155,3 +160,41 @@ def test_a_given_stem_output_is_never_written_to(variant, images):
         expected = model(images)
         assert torch.allclose(model(images, stem=stem), expected, atol=1e-6)
     assert torch.equal(stem, before)
+
+
+def resnet50_scal_as_before(attention, num_classes: int = NUM_CLASSES):
+    """The state dict of resnet50_scal as this package built it before issue 23 (torchvision's ResNet-50 with last
+    stride 1, five agents, BNNeck, bias-free classifier, in that order), at 64x32."""
+    resnet = torchvision.models.resnet50()
+    resnet.layer4[0].conv2.stride = (1, 1)
+    resnet.layer4[0].downsample[0].stride = (1, 1)
+    if attention == "channel":
+        agents = [ChannelAgent(c, 16, 0.0) for c in STAGE_CHANNELS]
+    else:
+        agents = [SpatialAgent(h, w, 16, 0.0) for h, w in [(16, 8), (16, 8), (8, 4), (4, 2), (4, 2)]]
+    neck = BNNeck(2048)
+    classifier = nn.Linear(2048, num_classes, bias=False)
+    nn.init.normal_(classifier.weight, std=0.001)
+    state = {}
+    for name in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"):
+        state.update({f"{name}.{k}": v for k, v in getattr(resnet, name).state_dict().items()})
+    state.update({f"agents.{k}": v for k, v in nn.ModuleList(agents).state_dict().items()})
+    state.update({f"bottleneck.{k}": v for k, v in neck.state_dict().items()})
+    state["classifier.weight"] = classifier.weight.detach()
+    return state
+
+
+@pytest.mark.parametrize("variant", ["resnet50_scal_channel", "resnet50_scal_spatial"])
+def test_resnet50_scal_has_the_keys_and_the_initial_weights_it_had(variant, tmp_path):
+    """Checkpoints written before load unchanged, and a seeded run starts from the same weights, so the README's
+    seeded results still reproduce."""
+    torch.manual_seed(5)
+    before = resnet50_scal_as_before(variant.rsplit("_", 1)[1])
+    torch.manual_seed(5)
+    state = build(variant).state_dict()
+    assert list(state) == list(before)
+    assert all(torch.equal(state[k], before[k]) for k in before)
+    path = save_checkpoint({"state_dict": before, "epoch": 3}, str(tmp_path / "model.pth.tar-3"))
+    model = build(variant)
+    assert load_weights(model, path)["skipped"] == []
+    model.load_state_dict(before)  # strict: nothing missing, nothing unexpected
