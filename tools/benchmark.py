@@ -1,13 +1,15 @@
-"""Speed and memory of SCAL against the like-for-like baseline (resnet50_bnneck) and torchreid's resnet50.
+"""Speed and memory of SCAL against the like-for-like baseline (its backbone's ``_bnneck``) and torchreid's resnet50.
 
     python tools/benchmark.py --device cpu --batch-size 16 --num-instances 4 --height 256 --width 128 \\
-        --steps 5 [--amp] [--channels-last] [--json bench.json]
+        --steps 5 [--models NAME ...] [--amp] [--channels-last] [--json bench.json]
 
-In one process and on one batch: the training-step time of each model in its engine (torchreid's
-``ImageTripletEngine`` for resnet50 and resnet50_bnneck, ``ImageSCALEngine`` with the config's default
-``scal.*`` settings for the SCAL variants) and the eval-mode feature-extraction throughput, after warm-up
-steps, as median and spread over ``--steps``; the models take turns in every repetition, so that a drift in
-the machine's speed affects them alike.
+``--models`` takes any name in torchreid's model table (default: resnet50 and the resnet50 SCAL family), e.g.
+``osnet_x1_0_bnneck osnet_x1_0_scal osnet_x1_0_scal_spatial``. In one process and on one batch: the
+training-step time of each model in its engine (torchreid's ``ImageTripletEngine`` for models without attention,
+``ImageSCALEngine`` with the config's default ``scal.*`` settings for the SCAL variants) and the eval-mode
+feature-extraction throughput, after warm-up steps, as median and spread over ``--steps``; the models take turns
+in every repetition, so that a drift in the machine's speed affects them alike. Each SCAL model's ratios are
+taken against its own backbone's ``_bnneck`` when that is in the run.
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the process's peak RSS, which is a
 process-wide high-water mark, so each model's is measured in a fresh child process doing the same steps.
 
@@ -33,12 +35,19 @@ import torchreid_scal
 from torchreid_scal import _torchreid
 from torchreid_scal.config import get_default_config
 from torchreid_scal.engine import ImageSCALEngine, ImageTripletEngine
-from torchreid_scal.models import create_model
+from torchreid_scal.models import DEFAULT_CFGS, MODEL_FACTORIES, attention_of, create_model
 
 import benchmark_eval  # tools/benchmark_eval.py, beside this script
 
 MODELS = ("resnet50", "resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal_spatial")
-REFERENCES = ("resnet50_bnneck", "resnet50")
+TORCHREID_REFERENCE = "resnet50"
+
+
+def baseline_of(name: str) -> str:
+    """The like-for-like baseline of ``name``: its backbone's ``_bnneck`` (itself for one), or '' for a model
+    that is not this package's."""
+    backbone = DEFAULT_CFGS.get(name, {}).get("backbone")
+    return f"{backbone}_bnneck" if backbone else ""
 
 
 def scal_options() -> Dict[str, object]:
@@ -62,9 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="mixed precision (bf16 on CPU and Ampere or later GPUs, else fp16 with loss scaling)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--json", default="", help="write the figures to this file")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--profile", choices=MODELS, help="print torch.profiler's table of one training step and exit")
-    parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
+    names = sorted(_torchreid.model_factory())
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=names, metavar="NAME",
+                        help="any model of torchreid's table, e.g. osnet_x1_0_bnneck osnet_x1_0_scal")
+    parser.add_argument("--profile", choices=names, metavar="NAME",
+                        help="print torch.profiler's table of one training step and exit")
+    parser.add_argument("--memory-of", choices=names, help=argparse.SUPPRESS)
     parser.add_argument("--eval", choices=sorted(benchmark_eval.SIZES),
                         help="benchmark evaluation (ranking) instead, at this test set's size; "
                              "see tools/benchmark_eval.py for its options")
@@ -85,15 +97,15 @@ def make_batch(args) -> Dict[str, torch.Tensor]:
 def build_engine(name: str, args, num_classes: int):
     """The model on its device, its optimizer, and the engine it trains in."""
     device = torch.device(args.device)
-    if name == "resnet50":
-        model = _torchreid.models.build_model("resnet50", num_classes, loss="triplet", pretrained=False)
-    else:
+    if name in MODEL_FACTORIES:
         model = create_model(name, num_classes, loss="triplet", pretrained=False, height=args.height, width=args.width)
+    else:
+        model = _torchreid.models.build_model(name, num_classes, loss="triplet", pretrained=False)
     model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
     optimizer = _torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4)
     datamanager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=num_classes, sources=["bench"])
     common = dict(use_gpu=device.type == "cuda", amp=args.amp, test_amp=args.amp, channels_last=args.channels_last)
-    if name.startswith("resnet50_scal"):
+    if attention_of(name):
         return ImageSCALEngine(datamanager, model, optimizer, **scal_options(), **common)
     return ImageTripletEngine(datamanager, model, optimizer, **common)
 
@@ -148,10 +160,10 @@ def measure(names: Sequence[str], args, data) -> Dict[str, Dict[str, object]]:
 
 
 def profile_step(name: str, args, data) -> None:
-    """Where one training step of ``name`` spends its time, by operator (after warm-up steps); for any other
-    model than ``resnet50_bnneck``, also where its step spends more than ``resnet50_bnneck``'s, profiled in
-    the same run: the operators ordered by the self time they add."""
-    names = [name] + [REFERENCES[0]] * (name != REFERENCES[0])
+    """Where one training step of ``name`` spends its time, by operator (after warm-up steps); for a SCAL model,
+    also where its step spends more than its backbone's ``_bnneck``, profiled in the same run: the operators
+    ordered by the self time they add."""
+    names = [name] + [baseline_of(name)] * (baseline_of(name) not in ("", name))
     sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
     activities = [torch.profiler.ProfilerActivity.CPU]
     if args.device == "cuda":
@@ -203,6 +215,13 @@ def child_peak_rss_mb(name: str, args) -> float:
     return float(out.strip().splitlines()[-1])
 
 
+def ratios(figures: Dict[str, Dict[str, float]], name: str, reference: str) -> Dict[str, float]:
+    """``name``'s step time, extraction time per image and peak memory as multiples of ``reference``'s."""
+    step, ips, mem = figures["train_step_s"], figures["extract_images_per_s"], figures["peak_mem_mb"]
+    return {"train_step": step[name] / step[reference], "extract_time_per_image": ips[reference] / ips[name],
+            "peak_mem": mem[name] / mem[reference]}
+
+
 def spread(values: List[float]) -> str:
     return f"{min(values):.3f}-{max(values):.3f}"
 
@@ -236,24 +255,27 @@ def main(argv=None) -> None:
         "torchreid_layout": _torchreid.LAYOUT, "torchreid_scal": torchreid_scal.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
     })
+    report["vs_bnneck"] = {n: ratios(figures, n, baseline_of(n)) for n in raw if baseline_of(n) in raw}
+    if TORCHREID_REFERENCE in raw:
+        report["vs_resnet50"] = {n: ratios(figures, n, TORCHREID_REFERENCE) for n in raw}
     ids = args.batch_size // args.num_instances
     print(f"device {args.device}, batch {args.batch_size} ({ids}x{args.num_instances}), "
           f"{args.height}x{args.width}, amp {args.amp}, channels_last {args.channels_last}, "
           f"{args.steps} steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     print("SCAL engine with the config defaults: " + ", ".join(f"{k} {v}" for k, v in report["scal"].items()))
-    header = f"{'model':<24}{'step s (median, range)':>26}{'img/s':>9}{'peak MB':>9}"
-    for ref in REFERENCES:
-        if ref in raw:
-            header += f"{'step/' + ref[:11]:>18}{'time/img/' + ref[:11]:>22}{'mem/' + ref[:11]:>17}"
-    print(header)
+    columns = ("train_step", "extract_time_per_image", "peak_mem")
+    header = f"{'model':<30}{'step s (median, range)':>26}{'img/s':>9}{'peak MB':>9}"
+    header += "".join(f"{c + '/bnneck':>20}" for c in ("step", "time/img", "mem"))
+    if TORCHREID_REFERENCE in raw:
+        header += "".join(f"{c + '/' + TORCHREID_REFERENCE:>22}" for c in ("step", "time/img", "mem"))
+    print(header + "\n(bnneck: each model's own <backbone>_bnneck, where the run has it)")
     for name in raw:
         step, ips, mem = (figures[k][name] for k in ("train_step_s", "extract_images_per_s", "peak_mem_mb"))
-        line = f"{name:<24}{step:>9.3f} ({spread(raw[name]['train_step_s']):>13}){ips:>9.1f}{mem:>9.0f}"
-        for ref in REFERENCES:
-            if ref in raw:
-                line += (f"{step / figures['train_step_s'][ref]:>18.3f}"
-                         f"{figures['extract_images_per_s'][ref] / ips:>22.3f}"
-                         f"{mem / figures['peak_mem_mb'][ref]:>17.3f}")
+        line = f"{name:<30}{step:>9.3f} ({spread(raw[name]['train_step_s']):>13}){ips:>9.1f}{mem:>9.0f}"
+        own = report["vs_bnneck"].get(name)
+        line += "".join(f"{own[c]:>20.3f}" if own else f"{'-':>20}" for c in columns)
+        if TORCHREID_REFERENCE in raw:
+            line += "".join(f"{report['vs_resnet50'][name][c]:>22.3f}" for c in columns)
         print(line)
     if args.json:
         with open(args.json, "w") as f:

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from torchreid_scal.config import get_default_config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MODELS = {"resnet50", "resnet50_scal_spatial"}  # torchreid's reference and a SCAL model: every code path, half the time
+MODELS = {"resnet50", "osnet_x0_25_bnneck", "osnet_x0_25_scal_spatial"}  # torchreid's reference, a SCAL model of
+# another backbone and its own baseline: every code path at a fraction of the time
 
 
 def test_benchmark_json_has_every_figure(tmp_path):
@@ -30,7 +33,12 @@ def test_benchmark_json_has_every_figure(tmp_path):
     assert report["scal"]["critic_counterfactual"] == scal.critic_counterfactual
     assert report["settings"]["height"] == 64 and report["versions"]["torchreid_layout"] == "pypi"
     assert all(len(report["raw"][m]["train_step_s"]) == 2 for m in MODELS)
-    assert "resnet50_scal_spatial" in result.stdout and "step/resnet50" in result.stdout
+    assert "osnet_x0_25_scal_spatial" in result.stdout and "step/resnet50" in result.stdout
+    assert set(report["vs_bnneck"]) == {"osnet_x0_25_bnneck", "osnet_x0_25_scal_spatial"}  # against its own family
+    steps = report["train_step_s"]
+    assert report["vs_bnneck"]["osnet_x0_25_scal_spatial"]["train_step"] == pytest.approx(
+        steps["osnet_x0_25_scal_spatial"] / steps["osnet_x0_25_bnneck"])
+    assert set(report["vs_resnet50"]) == MODELS
 
 
 def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
@@ -57,13 +65,13 @@ def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
 def test_profile_names_the_operators_that_add_time_to_the_reference():
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--batch-size", "4", "--num-instances", "2",
-         "--height", "64", "--width", "32", "--warmup", "1", "--profile", "resnet50_scal_channel"],
+         "--height", "64", "--width", "32", "--warmup", "1", "--profile", "osnet_x0_25_scal_channel"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "aten::" in result.stdout and "Self CPU" in result.stdout  # torch.profiler's table of the SCAL step
     head, _, added = result.stdout.partition("the operators that add the most:")
-    assert "resnet50_scal_channel:" in head and "resnet50_bnneck:" in head
+    assert "osnet_x0_25_scal_channel:" in head and "osnet_x0_25_bnneck:" in head  # its own backbone's baseline
     rows = [line.split() for line in added.strip().splitlines()[1:]]
     assert len(rows) == 15 and rows[0][0].startswith("aten::")
     assert [float(r[-2]) for r in rows] == sorted((float(r[-2]) for r in rows), reverse=True)
