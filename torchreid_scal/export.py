@@ -1,7 +1,8 @@
 """The inference network (no critics) as TorchScript and ONNX, with a parity check against eager mode.
 
 Input ``images``: float32 NCHW, normalised as in training (torchreid's test transform), any batch size.
-Output ``features``: the retrieval feature of ``test.feature`` (BN or pooled), float32 (N, 2048).
+Output ``features``: the retrieval feature of ``test.feature`` (BN or pooled), float32 (N, D), D the channels of
+the backbone's last stage (2048 for ResNet-50, 512 for OSNet x1.0).
 """
 from __future__ import annotations
 

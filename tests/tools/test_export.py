@@ -17,7 +17,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SIZE = ["data.height", "64", "data.width", "32"]
 
 
-@pytest.mark.parametrize("variant", ["resnet50_scal", "resnet50_scal_spatial"])
+@pytest.mark.parametrize("variant", ["resnet50_scal", "resnet50_scal_spatial", "osnet_x0_25_scal",
+                                     "resnet50_ibn_a_scal_spatial"])
 def test_exported_features_match_eager(variant, tmp_path):
     torch.manual_seed(0)
     model = create_model(variant, 7, pretrained=False, height=64, width=32)
@@ -40,7 +41,7 @@ def test_exported_features_match_eager(variant, tmp_path):
             with torch.no_grad():
                 expected = model(images)
             got = run_exported(fmt, str(tmp_path / "out" / name), images)
-            assert got.shape == (n, 2048)
+            assert got.shape == (n, model.feature_dim)
             assert (got - expected).abs().max().item() <= 1e-4
 
 

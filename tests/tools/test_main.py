@@ -96,6 +96,41 @@ def test_resume_continues_from_the_next_epoch(scal_run, tiny, tmp_path):
     assert torch.load(os.path.join(tmp_path, "model", "model.pth.tar-2"), weights_only=True)["epoch"] == 2
 
 
+@pytest.fixture(scope="module")
+def osnet_run(tiny, tmp_path_factory):
+    """The demo job with SCAL on OSNet x0.25 instead of ResNet-50 (issue 23), at the tiny size."""
+    save_dir = str(tmp_path_factory.mktemp("osnet"))
+    result = main_py("--config-file", DEMO, *tiny, "model.name", "osnet_x0_25_scal", "data.save_dir", save_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return save_dir, result
+
+
+def test_scal_on_osnet_trains_and_evaluates(osnet_run):
+    save_dir, result = osnet_run
+    out = result.stdout
+    assert "Building model: osnet_x0_25_scal" in out and "Building scal engine" in out
+    assert "loss_cri" in out and "reward_a" in out and "epoch 1 critic:" in out and "mAP:" in out
+    checkpoint = torch.load(os.path.join(save_dir, "model", "model.pth.tar-1"), weights_only=True)
+    assert "conv5.conv.weight" in checkpoint["state_dict"] and "agents.4.fc2.bias" in checkpoint["state_dict"]
+    assert set(checkpoint["critic"]["state_dict"]) >= {"critics.0.fc1.weight", "critics.4.fc2.weight"}
+
+
+def test_torchreids_feature_extractor_loads_the_osnet_scal_checkpoint(osnet_run, tiny):
+    from torchreid_scal import _torchreid
+    from torchreid_scal.config import load_config
+    from torchreid_scal.export import load_inference_model
+
+    weights = os.path.join(osnet_run[0], "model", "model.pth.tar-1")
+    extractor = _torchreid.utils.FeatureExtractor(model_name="osnet_x0_25_scal", model_path=weights,
+                                                  image_size=(64, 32), device="cpu", verbose=False)
+    ours = load_inference_model(load_config(DEMO, [*tiny, "model.name", "osnet_x0_25_scal"]), weights)
+    images = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        expected = ours(images)
+    assert expected.shape == (3, 128)
+    assert torch.allclose(extractor(images), expected, atol=1e-5)
+
+
 def test_triplet_baseline_with_torchreids_engine(tiny, tmp_path):
     result = main_py("--config-file", DEMO, *tiny, "model.name", "resnet50_bnneck", "loss.name", "triplet",
                      "data.save_dir", str(tmp_path))
@@ -107,6 +142,7 @@ def test_triplet_baseline_with_torchreids_engine(tiny, tmp_path):
 @pytest.mark.parametrize("opts, message", [
     (["train.max_epochs", "3"], "unknown config key train.max_epochs"),
     (["train.max_epoch", "three"], "config key train.max_epoch: expected int"),
+    (["model.name", "hacnn_scal"], "SCAL has no 'hacnn' backbone; supported backbones: ['osnet_ain_x1_0'"),
 ])
 def test_config_errors_exit_nonzero_and_name_the_key(opts, message):
     result = main_py("--config-file", DEMO, *opts)
