@@ -9,7 +9,7 @@ import torch
 from torchreid_scal import _torchreid
 from torchreid_scal.config import load_config
 from torchreid_scal.engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
-from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler
+from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler, check_layers
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "configs", "scal_demo.yaml")
 CPU = torch.device("cpu")
@@ -55,3 +55,16 @@ def test_engine_follows_loss_name(root, loss, model_name, engine_type):
     if loss == "scal":
         assert engine.critic_net.stages == [0, 1, 2, 3, 4] and engine.critic_scheduler is not None
         assert engine.critic_optimizer.param_groups[0]["lr"] == cfg.scal.critic_lr
+
+
+@pytest.mark.parametrize("name, backbone", [("scal_osnet_market.yaml", "osnet_x1_0"),
+                                            ("scal_r50ibn_market.yaml", "resnet50_ibn_a")])
+def test_backbone_configs_build_their_network_and_open_its_new_layers(name, backbone):
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", name), ["model.pretrained", "False"])
+    model = build_model(cfg, 751)
+    assert model.backbone.name == backbone and model.attention == "channel" and model.image_size == (256, 128)
+    check_layers(cfg, model)
+    if cfg.train.fixbase_epoch:  # torchreid's fixed-base epochs train exactly the layers SCAL adds
+        _torchreid.utils.open_specified_layers(model, list(cfg.train.open_layers))
+        trainable = {n.split(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {"agents", "bottleneck", "classifier"}
