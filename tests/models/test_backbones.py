@@ -2,6 +2,7 @@
 parameters move (issue 23). At 64x32 with six images, so that the 60 names take a few minutes on a CPU."""
 from __future__ import annotations
 
+import pathlib
 from types import SimpleNamespace
 from typing import Dict, Set, Tuple
 
@@ -147,3 +148,11 @@ def test_every_backbone_of_the_issue_is_supported():
              "se_resnet50"}
     assert issue <= set(BACKBONES)
     assert {f"{b}{s}" for b in issue for s in ("_scal", "_scal_spatial", "_bnneck")} <= set(MODEL_FACTORIES)
+
+
+def test_the_backbone_doc_has_a_row_per_backbone_and_well_formed_tables():
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "backbones.md").read_text()
+    size = text[text.index("### Size"):text.index("## ImageNet weights")]
+    assert {row.split("`")[1] for row in size.splitlines() if row.startswith("| `")} == set(BACKBONES)
+    for table in (t for t in text.split("\n\n") if t.startswith("|")):  # every row has the header's cells
+        assert len({row.count("|") for row in table.splitlines()}) == 1, table

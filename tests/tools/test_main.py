@@ -131,6 +131,15 @@ def test_torchreids_feature_extractor_loads_the_osnet_scal_checkpoint(osnet_run,
     assert torch.allclose(extractor(images), expected, atol=1e-5)
 
 
+def test_attention_of_the_osnet_scal_checkpoint_is_drawn(osnet_run, tiny, tmp_path):
+    weights = os.path.join(osnet_run[0], "model", "model.pth.tar-1")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "visualize_attention.py"), "--config-file",
+                             DEMO, "--weights", weights, "--output", str(tmp_path), "--num-images", "2", *tiny,
+                             "model.name", "osnet_x0_25_scal"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".png")]) == 2 and os.listdir(tmp_path / "actmap")
+
+
 def test_triplet_baseline_with_torchreids_engine(tiny, tmp_path):
     result = main_py("--config-file", DEMO, *tiny, "model.name", "resnet50_bnneck", "loss.name", "triplet",
                      "data.save_dir", str(tmp_path))

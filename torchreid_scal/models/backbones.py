@@ -36,7 +36,6 @@ class Backbone:
     it (ResNets), else the last stages keep the map size already (OSNet)."""
 
     name: str
-    family: str
     build: Callable[[], nn.Module]
     stem: Stage
     stages: Tuple[Stage, ...]
@@ -140,16 +139,16 @@ def _table() -> Dict[str, Backbone]:
     osnet_urls = {**_torchreid.submodule("models.osnet").pretrained_urls,
                   **_torchreid.submodule("models.osnet_ain").pretrained_urls}
     table = [
-        *(Backbone(name, "ResNet", _torchvision_model(name), RESNET_STEM, RESNET_STAGES, _hub(resnet_urls[name]))
+        *(Backbone(name, _torchvision_model(name), RESNET_STEM, RESNET_STAGES, _hub(resnet_urls[name]))
           for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
-        Backbone("resnext50_32x4d", "ResNeXt", _torchvision_model("resnext50_32x4d"), RESNET_STEM, RESNET_STAGES,
+        Backbone("resnext50_32x4d", _torchvision_model("resnext50_32x4d"), RESNET_STEM, RESNET_STAGES,
                  _hub(resnet_urls["resnext50_32x4d"])),
         # torchreid's IBN loaders read the plain ResNet-50 ImageNet file (the IN layers keep their initialisation).
-        *(Backbone(name, "ResNet-IBN", _torchreid_model(name), RESNET_STEM, RESNET_STAGES, _hub(ibn_url))
+        *(Backbone(name, _torchreid_model(name), RESNET_STEM, RESNET_STAGES, _hub(ibn_url))
           for name in ("resnet50_ibn_a", "resnet50_ibn_b")),
-        Backbone("se_resnet50", "SE-ResNet", _torchreid_model("se_resnet50"), ("layer0",), RESNET_STAGES,
+        Backbone("se_resnet50", _torchreid_model("se_resnet50"), ("layer0",), RESNET_STAGES,
                  _hub(senet_url)),
-        *(Backbone(name, "OSNet", _torchreid_model(name), OSNET_STEM,
+        *(Backbone(name, _torchreid_model(name), OSNET_STEM,
                    OSNET_AIN_STAGES if name.startswith("osnet_ain") else OSNET_STAGES,
                    ImageNetWeights(osnet_urls[name], f"{name}_imagenet.pth", cache="checkpoints"),
                    strided_last_stage=False)
