@@ -61,6 +61,33 @@ def reference_minp(distmat, q_pids, g_pids, q_cams, g_cams) -> float:
     return float(np.mean(inp))
 
 
+def reference_per_query(distmat, q_pids, g_pids, q_cams, g_cams):
+    """Each query's AP and the rank of its first true match among the remaining items (NaN and 0 without one),
+    by sorting its row: the textbook definitions."""
+    ap, first = np.full(len(q_pids), np.nan), np.zeros(len(q_pids), dtype=np.int64)
+    for q in range(len(q_pids)):
+        order = np.argsort(distmat[q], kind="stable")
+        order = order[(g_pids[order] != q_pids[q]) | (g_cams[order] != q_cams[q])]
+        hits = np.flatnonzero(g_pids[order] == q_pids[q])
+        if len(hits):
+            ap[q] = np.mean(np.arange(1, len(hits) + 1) / (hits + 1))
+            first[q] = hits[0] + 1
+    return ap, first
+
+
+@settings(max_examples=300, deadline=None)
+@given(problems(), st.sampled_from([1e-5, 1e-3, 64]))
+def test_per_query_ap_and_first_match_rank(problem, memory_mb):
+    valid, _, _ = protocol(*problem)
+    if not valid.any():
+        return
+    result = evaluate_distances(*problem, max_rank=1, memory_mb=memory_mb)
+    ap, first = reference_per_query(*problem)
+    np.testing.assert_allclose(result.ap, ap, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(result.first_match, first)
+    assert abs(np.nanmean(result.ap) - result.mAP) < 1e-12
+
+
 @settings(max_examples=300, deadline=None)
 @given(problems(), st.sampled_from([1e-5, 1e-3, 64]))
 def test_market_protocol_equals_torchreid(problem, memory_mb):

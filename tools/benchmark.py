@@ -32,7 +32,9 @@ import torchvision
 import torchreid_scal
 from torchreid_scal import _torchreid
 from torchreid_scal.config import get_default_config
-from torchreid_scal.engine import ImageSCALEngine, ImageTripletEngine
+from torchreid_scal.ablation import VARIANTS
+from torchreid_scal.engine import ImageTripletEngine
+from torchreid_scal.scal_engine import ImageSCALEngine
 from torchreid_scal.models import create_model
 
 import benchmark_eval  # tools/benchmark_eval.py, beside this script
@@ -41,12 +43,18 @@ MODELS = ("resnet50", "resnet50_bnneck", "resnet50_scal_channel", "resnet50_scal
 REFERENCES = ("resnet50_bnneck", "resnet50")
 
 
-def scal_options() -> Dict[str, object]:
-    """The critic settings a config that sets no ``scal.*`` key trains with: the benchmark times the default."""
-    scal = get_default_config().scal
+def scal_options(variant: str = "") -> Dict[str, object]:
+    """The critic settings SCAL trains with: a config's defaults, or with the ``scal.*`` keys of an ablation
+    ``variant`` (e.g. ``scal_oracle``)."""
+    cfg = get_default_config()
+    pairs = VARIANTS[variant] if variant else []
+    cfg.merge_from_list([item for key, value in zip(pairs[::2], pairs[1::2]) if key.startswith("scal.")
+                         for item in (key, value)])
+    scal = cfg.scal
     return dict(critic_weight=scal.critic_weight, critic_optim=scal.critic_optim, critic_lr=scal.critic_lr,
-                critic_stages=list(scal.critic_stages), critic_activation=scal.critic_activation,
-                critic_counterfactual=scal.critic_counterfactual, critic_explore_std=scal.critic_explore_std)
+                critic_form=scal.critic_form, critic_stages=list(scal.critic_stages),
+                critic_activation=scal.critic_activation, critic_explore_std=scal.critic_explore_std,
+                critic_target=scal.critic_target)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", default="", help="write the figures to this file")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--profile", choices=MODELS, help="print torch.profiler's table of one training step and exit")
+    parser.add_argument("--scal-variant", default="", choices=["", *(v for v in VARIANTS if v.startswith("scal_"))],
+                        help="time the SCAL models with this ablation variant's scal.* settings (e.g. scal_oracle) "
+                             "instead of the config's defaults")
     parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--eval", choices=sorted(benchmark_eval.SIZES),
                         help="benchmark evaluation (ranking) instead, at this test set's size; "
@@ -94,7 +105,7 @@ def build_engine(name: str, args, num_classes: int):
     datamanager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=num_classes, sources=["bench"])
     common = dict(use_gpu=device.type == "cuda", amp=args.amp, test_amp=args.amp, channels_last=args.channels_last)
     if name.startswith("resnet50_scal"):
-        return ImageSCALEngine(datamanager, model, optimizer, **scal_options(), **common)
+        return ImageSCALEngine(datamanager, model, optimizer, **scal_options(args.scal_variant), **common)
     return ImageTripletEngine(datamanager, model, optimizer, **common)
 
 
@@ -197,7 +208,7 @@ def child_peak_rss_mb(name: str, args) -> float:
     """Peak RSS of a fresh process that runs this model's training and extraction steps."""
     argv = ["--device", args.device, "--batch-size", str(args.batch_size), "--num-instances", str(args.num_instances),
             "--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
-            "--warmup", str(args.warmup), "--memory-of", name]
+            "--warmup", str(args.warmup), "--scal-variant", args.scal_variant, "--memory-of", name]
     argv += ["--amp"] * args.amp + ["--channels-last"] * args.channels_last
     out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
@@ -231,7 +242,7 @@ def main(argv=None) -> None:
         "extract_images_per_s": {n: args.batch_size / statistics.median(r["extract_s"]) for n, r in raw.items()},
         "peak_mem_mb": {n: r["peak_mem_mb"] for n, r in raw.items()},
     }
-    report = dict(figures, raw=raw, settings=vars(args), scal=scal_options(), versions={
+    report = dict(figures, raw=raw, settings=vars(args), scal=scal_options(args.scal_variant), versions={
         "torch": torch.__version__, "torchvision": torchvision.__version__, "torchreid": _torchreid.VERSION,
         "torchreid_layout": _torchreid.LAYOUT, "torchreid_scal": torchreid_scal.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),

@@ -267,6 +267,14 @@ class SafeCheckpointing:
     """Set by :meth:`resume` from a mid-epoch checkpoint: ``step`` (batches done), the random generators'
     states when the epoch began (``epoch_rng``) and at the interruption (``rng``), the engine's ``progress``."""
 
+    def engine_state(self) -> Dict[str, Any]:
+        """What the engine itself must carry over a resume beyond models and the global generators (e.g. a
+        generator of its own); tensors and plain types only."""
+        return {}
+
+    def load_engine_state(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`engine_state` returned."""
+
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> Optional[str]:
         """Write the checkpoint of ``epoch`` (0-based) on rank 0; every process waits for it."""
         return self._on_main_process(lambda: self._write_checkpoint(epoch, rank1, save_dir))
@@ -285,7 +293,8 @@ class SafeCheckpointing:
 
     def _write_checkpoint(self, epoch: int, rank1: float, save_dir: str,
                           position: Optional[Mapping[str, Any]] = None) -> str:
-        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state(), **(position or {})}
+        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state(),
+                                 "engine": self.engine_state(), **(position or {})}
         precision = getattr(self, "precision", None)
         if precision is not None:
             state["amp_scaler"] = precision.state_dict()
@@ -347,6 +356,7 @@ class SafeCheckpointing:
             precision.load_state_dict(state["amp_scaler"])
         if "rng" in state:
             set_rng_state(state["rng"])
+        self.load_engine_state(state.get("engine", {}))
         self.epoch = int(state["epoch"])
         self.resume_position = None
         where = f"next epoch {self.epoch + 1}"

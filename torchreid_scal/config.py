@@ -80,6 +80,8 @@ def get_default_config() -> CN:
     cfg.cuhk03.labeled_images = False
     cfg.cuhk03.classic_split = False
     cfg.cuhk03.use_metric_cuhk03 = False
+    cfg.scal_demo = CN()  # SCAL plugin: the generated demo dataset
+    cfg.scal_demo.num_test_ids = 1000  # identities of its test split (one query and six gallery images each)
 
     cfg.sampler = CN()
     cfg.sampler.train_sampler = "RandomSampler"
@@ -161,8 +163,9 @@ def get_default_config() -> CN:
     cfg.scal.critic_warmup_epochs = 0
     cfg.scal.critic_stages = [0, 1, 2, 3, 4]
     cfg.scal.critic_activation = "relu"  # hidden non-linearity of the critics: relu | leaky_relu | silu
-    cfg.scal.critic_counterfactual = False  # also regress the all-ones map on the no-attention pass's reward
-    cfg.scal.critic_explore_std = 0.0  # noise (logit space) on the agents' maps in training; 0 = deterministic
+    cfg.scal.critic_form = "paper"  # what J_cri's gradient comes from: paper | compatible | oracle (no critic)
+    cfg.scal.critic_explore_std = 0.0  # compatible critics: noise (logit space) of the behaviour pass's maps
+    cfg.scal.critic_target = "reward"  # compatible critics regress the change of: reward (R) | logp (log p_true)
     cfg.scal.diagnostic_images = 64  # held-out images scored by the critic diagnostics after each epoch (0 = off)
     return cfg
 
@@ -315,7 +318,8 @@ def validate(cfg: CN) -> None:
     _choice("train.lr_scheduler", cfg.train.lr_scheduler, _torchreid.optim.lr_scheduler.AVAI_SCH)
     _choice("sampler.train_sampler", cfg.sampler.train_sampler, _torchreid.data.sampler.AVAI_SAMPLERS)
     _positive(cfg, "train.batch_size", "test.batch_size", "sampler.num_instances", "data.height", "data.width",
-              "train.lr", "scal.reduction", "scal.critic_lr", "train.print_freq", "test.eval_memory_mb")
+              "train.lr", "scal.reduction", "scal.critic_lr", "train.print_freq", "test.eval_memory_mb",
+              "scal_demo.num_test_ids")
     _positive(cfg, "train.max_epoch", "train.start_epoch", "train.warmup_epochs", "scal.critic_warmup_epochs",
               "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
               "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",
@@ -370,6 +374,12 @@ def validate(cfg: CN) -> None:
             raise ConfigError(f"loss.name scal needs an attention model (resnet50_scal, resnet50_scal_channel, "
                               f"resnet50_scal_spatial); model.name is {cfg.model.name!r}")
         _choice("scal.critic_activation", cfg.scal.critic_activation, ["relu", "leaky_relu", "silu"])
+        _choice("scal.critic_form", cfg.scal.critic_form, ["paper", "compatible", "oracle"])
+        _choice("scal.critic_target", cfg.scal.critic_target, ["reward", "logp"])
+        if (cfg.scal.critic_form == "compatible") != (cfg.scal.critic_explore_std > 0):
+            raise ConfigError(f"config key scal.critic_explore_std is the noise of the compatible critics' behaviour "
+                              f"pass: set it > 0 with scal.critic_form compatible and 0 otherwise (got "
+                              f"{cfg.scal.critic_explore_std} with {cfg.scal.critic_form})")
         bad = [k for k in cfg.scal.critic_stages if not 0 <= k <= 4]
         if bad or not cfg.scal.critic_stages:
             raise ConfigError(f"config key scal.critic_stages must be a non-empty subset of [0, 1, 2, 3, 4], "

@@ -1,8 +1,7 @@
-"""ImageSCALEngine: torchreid's triplet engine plus SCAL's critics, rewards and critic losses.
+"""What every engine of this package shares, apart from any method: torchreid's softmax and triplet engines
+with safe checkpoints, preemption, mixed precision, channels-last inputs and the fast evaluator.
 
-One training step (``forward_backward``), top to bottom:
-forward with attention → the same weights without attention (no graph, BN statistics untouched) →
-rewards → the four losses, each routed to the parameters it may move → one backward, two optimizers.
+The SCAL step itself lives in :mod:`torchreid_scal.scal_engine`.
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, NoReturn, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,14 +18,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import _torchreid, distributed
-from .checkpoint import NonFiniteError, SafeCheckpointing, rng_state, set_rng_state
-from .critic_diagnostics import diagnose_critics
-from .critic_metrics import critic_summary, pearson
-from .evaluation import distance_matrix, evaluate, evaluate_distances, rerank_distances
-from .models import StageCritics
+from .checkpoint import NonFiniteError, SafeCheckpointing, rng_state, set_rng_state, write_atomically
+from .evaluation import RankMetrics, distance_matrix, evaluate, evaluate_distances, rerank_distances
 from .precision import Precision
 from .preemption import Preempted, StopSignals, resumed_loader
-from .rewards import Rewards, compute_rewards
 
 
 EVALUATORS = ("fast", "torchreid")
@@ -277,6 +272,9 @@ class EngineMixin(SafeCheckpointing):
             print(f"Rank-{r:<3}: {result.cmc[r - 1]:.1%}")
         if result.num_skipped:
             print(f"{result.num_skipped} queries without a match in another camera were skipped")
+        if self.save_dir:  # evaluation runs on rank 0 only
+            write_per_query(os.path.join(self.save_dir, f"{PER_QUERY_PREFIX}{dataset_name}.csv"), query_loader.dataset,
+                            q_pids, q_camids, result)
         if self.writer is not None:
             self.writer.add_scalar(f"Test/{dataset_name}/mINP", result.mINP, self.epoch)
         if visrank:
@@ -285,6 +283,20 @@ class EngineMixin(SafeCheckpointing):
                 width=self.datamanager.width, height=self.datamanager.height,
                 save_dir=os.path.join(save_dir, "visrank_" + dataset_name), topk=visrank_topk)
         return float(result.cmc[0]), result.mAP
+
+
+PER_QUERY_PREFIX = "per_query-"
+"""``data.save_dir/per_query-<dataset>.csv``: each query's AP and first-match rank from the latest evaluation."""
+
+
+def write_per_query(path: str, dataset, pids: torch.Tensor, camids: torch.Tensor, result: RankMetrics) -> None:
+    """One row per query, in query order (its image, pid, camid, average precision and the rank of its first
+    true match; an empty AP and rank 0 for a query without a match in another camera), written atomically."""
+    items = getattr(dataset, "data", None) or [("",)] * len(pids)
+    lines = ["query,pid,camid,ap,first_match"]
+    for item, pid, camid, ap, first in zip(items, pids.tolist(), camids.tolist(), result.ap, result.first_match):
+        lines.append(f"{os.path.basename(str(item[0]))},{pid},{camid},{'' if np.isnan(ap) else f'{ap:.6f}'},{first}")
+    write_atomically(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 class ImageSoftmaxEngine(EngineMixin, _torchreid.engine.ImageSoftmaxEngine):
@@ -329,198 +341,3 @@ def _float(outputs):
 
 def _accuracy(logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
     return _torchreid.metrics.accuracy(logits.detach().float(), pids)[0]
-
-
-class SCALLosses(NamedTuple):
-    """The terms of one step. ``model_objective`` and ``critic_objective`` are what gets minimised."""
-
-    triplet: torch.Tensor
-    classification: torch.Tensor
-    critic: torch.Tensor
-    mse: torch.Tensor
-    model_objective: torch.Tensor
-    critic_objective: torch.Tensor
-    rewards: Rewards
-    values: torch.Tensor
-    logits: torch.Tensor
-
-
-class ImageSCALEngine(ImageTripletEngine):
-    """Self-critical attention learning on top of torchreid's ``ImageTripletEngine``.
-
-    Takes the triplet engine's arguments plus the critic's: ``critic_weight`` (``w_c``), its optimizer
-    and scheduler (or ``critic_optim``/``critic_lr`` to build an optimizer with torchreid's builder),
-    ``critic_warmup_epochs`` (the agents follow the critic from that epoch on), ``critic_stages`` and
-    ``critic_activation``; ``critics`` may be given ready-made (with an optimizer and scheduler built on them).
-    How the critics learn ``dV/dA``: ``critic_counterfactual`` also regresses each image's all-ones map (no
-    attention) on the reward of the no-attention pass, and ``critic_explore_std`` perturbs the agents' maps of
-    the training pass in logit space (a behaviour policy around the agents', as in deterministic actor-critic
-    methods), so that the critics see, for similar features, maps that differ and rewards that follow.
-    ``diagnostic_batch`` (images, pids) are labelled images scored by :func:`diagnose_critics` after every
-    epoch. ``engine_options`` are :class:`EngineMixin`'s (``amp``, ``test_amp``, ``channels_last``,
-    ``checkpoint_freq``, ``keep_last``). The critics are registered as ``'critic'``: torchreid switches
-    their mode, steps their scheduler each epoch, and they are checkpointed with the model.
-    """
-
-    def __init__(
-        self,
-        datamanager,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        margin: float = 0.3,
-        weight_t: float = 1,
-        weight_x: float = 1,
-        scheduler=None,
-        use_gpu: bool = True,
-        label_smooth: bool = True,
-        critic_weight: float = 1.0,
-        critic_optimizer: Optional[torch.optim.Optimizer] = None,
-        critic_scheduler=None,
-        critic_optim: str = "adam",
-        critic_lr: float = 1e-4,
-        critic_warmup_epochs: int = 0,
-        critic_stages: Sequence[int] = (0, 1, 2, 3, 4),
-        critic_activation: str = "relu",
-        critic_counterfactual: bool = False,
-        critic_explore_std: float = 0.0,
-        critics: Optional[StageCritics] = None,
-        diagnostic_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-        **engine_options,
-    ) -> None:
-        super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t, weight_x=weight_x,
-                         scheduler=scheduler, use_gpu=use_gpu, label_smooth=label_smooth, **engine_options)
-        net = self.network
-        if len(getattr(net, "agents", ())) == 0:
-            raise ValueError(
-                f"ImageSCALEngine needs a model with attention agents (resnet50_scal*), got {type(net).__name__} "
-                "without agents; train resnet50_bnneck with loss.name 'triplet' instead"
-            )
-        if critics is None:
-            critics = StageCritics(net.attention, net.stage_channels, critic_stages,
-                                   activation=critic_activation).to(self.device)
-        critics = distributed.wrap(critics, self.device)
-        if critic_optimizer is None:
-            critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=critic_optim, lr=critic_lr,
-                                                                weight_decay=0.0)
-        self.critics = critics
-        self.critic_optimizer = critic_optimizer
-        self.critic_scheduler = critic_scheduler
-        self.critic_weight = critic_weight
-        self.critic_warmup_epochs = critic_warmup_epochs
-        self.counterfactual = critic_counterfactual
-        self.explore_std = critic_explore_std
-        self.diagnostic_batch = diagnostic_batch
-        self.register_model("critic", critics, critic_optimizer, critic_scheduler)
-        self._epoch_record: List[torch.Tensor] = []
-
-    @property
-    def critic_net(self) -> StageCritics:
-        """The critics themselves, unwrapped from DistributedDataParallel."""
-        return getattr(self.critics, "module", self.critics)
-
-    @property
-    def critic_active(self) -> bool:
-        """Whether the agents follow the critic (J_cri) in the current epoch."""
-        return self.epoch >= self.critic_warmup_epochs
-
-    def explore(self, k: int, a: torch.Tensor) -> torch.Tensor:
-        """The behaviour policy's map: the agent's ``a`` moved by Gaussian noise of ``explore_std`` in logit
-        space (so it stays in (0, 1)); gradients reach the agent through ``a``."""
-        logit = torch.special.logit(a.float(), eps=1e-6)
-        return torch.sigmoid(logit + self.explore_std * torch.randn_like(logit)).to(a.dtype)
-
-    def compute_losses(self, imgs: torch.Tensor, pids: torch.Tensor) -> SCALLosses:
-        """Every SCAL quantity of one batch; the gradient routing of the four losses lives here.
-
-        The network's two passes run in mixed precision when it is enabled; rewards, critics and losses in
-        float32."""
-        with self.precision.autocast():
-            out = self.model(imgs, return_stages=True, map_fn=self.explore if self.explore_std > 0 else None)
-            with torch.no_grad():  # the same weights without attention, from the shared stem output X_0
-                stem = out.features[0].detach()
-                plain_logits = self.model(imgs, return_stages=True, use_attention=False, stem=stem).logits
-        logits = out.logits.float()
-        rewards = compute_rewards(logits, plain_logits, pids)
-
-        # J_tri, J_cls → backbone, agents and head (torchreid's criteria, as its triplet engine computes them).
-        loss_t = self.compute_loss(self.criterion_t, out.feature, pids)
-        loss_x = self.compute_loss(self.criterion_x, logits, pids)
-
-        # J_mse → critics only: their inputs X_k, A_k are cut from the network's graph. With the counterfactual,
-        # the all-ones map of the same features is regressed on the no-attention pass's reward too.
-        # J_cri → agents only: A'_k = agent_k(X_k.detach()) keeps the backbone out, and the critics score A'_k
-        # with their weights held fixed, so that J_cri cannot move them (only after the critic warm-up).
-        features = [x.detach().float() for x in out.features]
-        maps = [a.detach().float() for a in out.maps]
-        agent_maps = [agent(x) for agent, x in zip(self.network.agents, features)] if self.critic_active else None
-        scored = self.critics(features, maps, agent_maps, ones=self.counterfactual)
-        errors = (scored.values - rewards.total).square()
-        if scored.ones_values is not None:
-            plain_rewards = compute_rewards(plain_logits, logits, pids)  # the no-attention pass's own reward
-            errors = torch.cat([errors, (scored.ones_values - plain_rewards.total).square()], dim=1)
-        loss_mse = errors.mean()
-        if scored.agent_values is not None:
-            loss_cri = -scored.agent_values.mean()
-        else:
-            loss_cri = -scored.values.detach().mean()  # reported during the warm-up, not optimised
-
-        model_objective = self.weight_t * loss_t + self.weight_x * loss_x
-        if self.critic_active:
-            model_objective = model_objective + self.critic_weight * loss_cri
-        return SCALLosses(loss_t, loss_x, loss_cri, loss_mse, model_objective, loss_mse, rewards, scored.values,
-                          logits)
-
-    def step(self, model_objective: torch.Tensor, critic_objective: torch.Tensor) -> None:
-        """One backward through both objectives (their graphs share no parameter), then both optimizers."""
-        self.update(model_objective + critic_objective)
-
-    def forward_backward(self, data: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        imgs, pids = self.parse_data_for_train(data)
-        losses = self.compute_losses(imgs, pids)
-        self.step(losses.model_objective, losses.critic_objective)
-        self._epoch_record.append(torch.cat([losses.values.detach(), torch.stack(losses.rewards)]))
-        value = losses.values.detach().mean(dim=0)
-        rewards = losses.rewards
-        return self.summarize({
-            "loss_t": losses.triplet.detach(),
-            "loss_x": losses.classification.detach(),
-            "loss_cri": losses.critic.detach(),
-            "loss_mse": losses.mse.detach(),
-            "acc": _accuracy(losses.logits, pids),
-            "reward": rewards.total.mean(),
-            "reward_c": rewards.classification.mean(),
-            "reward_a": rewards.amelioration.mean(),
-            "critic_value": value.mean(),
-            "critic_corr": pearson(value, rewards.total),
-        })
-
-    def train(self, *args, **kwargs) -> None:
-        """torchreid's epoch, then the critics' statistics: over all of the epoch's images (how well they
-        predict the reward) and on the ``diagnostic_batch`` (:func:`diagnose_critics`: what their gradient is
-        worth to the agents; computed by every process, as with ``train.sync_bn`` its training-mode passes
-        synchronise the batch statistics across them); printed and written to TensorBoard as ``Epoch/<name>``."""
-        self._epoch_record = []
-        super().train(*args, **kwargs)
-        if not self._epoch_record:
-            return
-        record = torch.cat(self._epoch_record, dim=1)
-        values, (reward_c, reward_a, reward) = record[:-3], record[-3:]
-        stats = critic_summary(values, reward, reward_c, reward_a, self.critic_net.stages)
-        if self.diagnostic_batch is not None:
-            images, pids = self.diagnostic_batch
-            stats.update(diagnose_critics(self.network, self.critic_net, self._images(images),
-                                          pids.to(self.device)))
-        print(f"epoch {self.epoch + 1} critic: " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()
-                                                             if "stage" not in k))
-        if self.writer is not None:
-            for key, value in stats.items():
-                self.writer.add_scalar(f"Epoch/{key}", value, self.epoch + 1)
-
-    def epoch_progress(self) -> Dict[str, Any]:
-        """The epoch's critic record so far, so that after resuming within the epoch its statistics still cover
-        all of its images."""
-        return {"critic_record": torch.cat(self._epoch_record, dim=1)} if self._epoch_record else {}
-
-    def restore_epoch_progress(self, progress: Dict[str, Any]) -> None:
-        record = progress.get("critic_record")
-        self._epoch_record = [record.to(self.device)] if record is not None else []

@@ -49,13 +49,17 @@ Array = Union[torch.Tensor, np.ndarray]
 class RankMetrics(NamedTuple):
     """``cmc[r - 1]``: share of evaluated queries with a true match within the first r; ``mAP``; ``mINP``
     (mean over queries of #positives / rank of the hardest positive); how many queries were evaluated and
-    how many were skipped for want of a valid match."""
+    how many were skipped for want of a valid match; and per query, in query order, its average precision
+    (``ap``, NaN for a skipped query) and the rank of its first true match (``first_match``, 0 when skipped),
+    so that two models can be compared query by query."""
 
     cmc: np.ndarray
     mAP: float
     mINP: float
     num_valid: int
     num_skipped: int
+    ap: np.ndarray
+    first_match: np.ndarray
 
 
 class GalleryDistances:
@@ -225,8 +229,9 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
     g_pids_np, g_camids_np = gallery.pids.cpu().numpy(), gallery.camids.cpu().numpy()
     first_rank = torch.zeros(max_rank + 2, dtype=torch.int64, device=device)
     cmc = np.zeros(max_rank)
-    ap_sum = inp_sum = 0.0
+    inp_sum = 0.0
     num_valid = 0
+    ap, first_match = np.full(num_q, np.nan), np.zeros(num_q, dtype=np.int64)
     for rows in _chunks(num_q, num_g, memory_mb):
         dist = distances(rows)
         with _cpu_threads(device, ranking_threads):
@@ -234,9 +239,13 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
                 raise ValueError("the distances hold NaN or infinite values: are the features finite?")
             ranks, k, row, count = _rank_chunk(dist, q_pids[rows], q_camids[rows], gallery)
             precision = k.double() / ranks
-            ap_sum += float((torch.bincount(row, precision, minlength=len(count)) / count.clamp(min=1)).sum())
+            valid = count > 0
+            chunk_ap = torch.bincount(row, precision, minlength=len(count)) / count.clamp(min=1)
+            ap[rows] = torch.where(valid, chunk_ap, torch.nan).cpu().numpy()
+            first = torch.zeros_like(count).masked_scatter_(valid, ranks.masked_select(k == 1))
+            first_match[rows] = first.cpu().numpy()
             inp_sum += float(precision.masked_select(k == count.take(row)).sum())
-            num_valid += int(count.count_nonzero())
+            num_valid += int(valid.count_nonzero())
             if cuhk03:
                 dist_np = dist.cpu().numpy()
                 for i in (count > 0).nonzero().squeeze(1).tolist():
@@ -251,7 +260,8 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
                          "nothing to rank (are the query and gallery sets of the same dataset?)")
     if not cuhk03:
         cmc = first_rank[1:max_rank + 1].cumsum(0).cpu().numpy().astype(np.float64)
-    return RankMetrics(cmc / num_valid, ap_sum / num_valid, inp_sum / num_valid, num_valid, num_q - num_valid)
+    return RankMetrics(cmc / num_valid, float(np.nansum(ap)) / num_valid, inp_sum / num_valid, num_valid,
+                       num_q - num_valid, ap, first_match)
 
 
 def evaluate(qf: torch.Tensor, gf: torch.Tensor, q_pids: Array, g_pids: Array, q_camids: Array, g_camids: Array,

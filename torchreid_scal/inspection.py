@@ -28,7 +28,7 @@ from .config import ConfigError
 from .critic_metrics import critic_summary, reliability_table
 from .datasets import DataError
 from .datasets.checks import read_image
-from .models import DEFAULT_CFGS, SCALResNet, StageCritics
+from .models import DEFAULT_CFGS, CompatibleCritics, CriticContext, SCALResNet, StageCritics
 from .rewards import Rewards, compute_rewards
 from .runner import build_trained_model
 
@@ -67,10 +67,10 @@ class Inspection:
         return ~self.rewards.total.isnan()
 
 
-def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, StageCritics]:
+def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, Union[StageCritics, CompatibleCritics]]:
     """The model (sized by the checkpoint's classifier) and its critics from ``weights``, on ``device``, in
-    eval mode. The checkpoint supplies every weight, so no ImageNet weights are loaded, and the critics'
-    activation and stages where it records them (older checkpoints: ``scal.critic_activation`` and
+    eval mode. The checkpoint supplies every weight, so no ImageNet weights are loaded, and the critics' form,
+    activation and stages where it records them (older checkpoints: the paper's, ``scal.critic_activation`` and
     ``scal.critic_stages``). CheckpointError when
     the file lacks the critics or does not fit the config; ConfigError when model.name has no attention."""
     state = load_checkpoint(weights)
@@ -87,8 +87,12 @@ def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, 
     model = build_trained_model(cfg, model_state, weights)
     architecture = state["critic"].get("architecture") or {}
     stages = list(architecture.get("stages", cfg.scal.critic_stages))
-    critics = StageCritics(model.attention, model.stage_channels, stages,
-                           activation=architecture.get("activation", cfg.scal.critic_activation))
+    activation = architecture.get("activation", cfg.scal.critic_activation)
+    if architecture.get("form", "paper") == "compatible":
+        critics = CompatibleCritics(model.attention, model.stage_channels, stages, model.classifier.out_features,
+                                    activation=activation)
+    else:
+        critics = StageCritics(model.attention, model.stage_channels, stages, activation=activation)
     try:
         critics.load_state_dict(critic_state)
     except RuntimeError as err:
@@ -142,7 +146,8 @@ def inspect_images(model: SCALResNet, critics: StageCritics,
         size = imgs.size(0)
         pid = torch.as_tensor(batch.get("pid", torch.full((size,), -1))).long()
         out = model(imgs, return_stages=True)
-        values.append(critics(out.features, out.maps)[0].float().cpu())
+        context = CriticContext(pid.clamp(min=0).to(device), out.logits.float().softmax(dim=1), out.maps)  # V: b(X)
+        values.append(critics(out.features, out.maps, context=context).values.float().cpu())
         if pids_are_classes:
             if pid.min() < 0 or pid.max() >= out.logits.size(1):
                 raise DataError(f"pids {int(pid.min())}..{int(pid.max())} are not classes of this "

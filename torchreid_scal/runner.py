@@ -20,9 +20,11 @@ from .checkpoint import CheckpointError, load_weights
 from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
                      optimizer_kwargs)
 from .datasets import DATASETS, check_available, checked_datasets
+from .datasets.demo import demo_options
 from .datasets.splits import diagnostic_dataset, fixed_batch
-from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
-from .models import MODEL_FACTORIES, StageCritics
+from .engine import ImageSoftmaxEngine, ImageTripletEngine
+from .models import MODEL_FACTORIES
+from .scal_engine import ImageSCALEngine, build_critics
 
 
 def select_device(cfg: CN) -> torch.device:
@@ -40,10 +42,11 @@ def build_datamanager(cfg: CN, device: torch.device):
     names = list(cfg.data.sources) + list(cfg.data.targets)
     check_available(cfg.data.root, names, generated=list(DATASETS))
     identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
-    with checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
-                          check_images=cfg.data.check_images,
-                          num_instances=cfg.sampler.num_instances if identity_sampling else None,
-                          ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
+    with demo_options(num_test_ids=cfg.scal_demo.num_test_ids), \
+            checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
+                             check_images=cfg.data.check_images,
+                             num_instances=cfg.sampler.num_instances if identity_sampling else None,
+                             ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
         datamanager = _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
     loader = datamanager.train_loader
     sampler, batch_size = loader.sampler, loader.batch_size
@@ -133,18 +136,22 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, d
                    weight_x=cfg.loss.triplet.weight_x)
     if cfg.loss.name == "triplet":
         return ImageTripletEngine(datamanager, model, optimizer, **triplet)
-    net = getattr(model, "module", model)
-    critics = StageCritics(net.attention, net.stage_channels, list(cfg.scal.critic_stages),
-                           activation=cfg.scal.critic_activation).to(device)
-    critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=cfg.scal.critic_optim, lr=cfg.scal.critic_lr,
-                                                        weight_decay=0.0)
+    scal = cfg.scal
+    critics = build_critics(getattr(model, "module", model), scal.critic_form, list(scal.critic_stages),
+                            scal.critic_activation, seed=cfg.train.seed)
+    critic_optimizer = critic_scheduler = None
+    if critics is not None:
+        critics = critics.to(device)
+        critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=scal.critic_optim, lr=scal.critic_lr,
+                                                            weight_decay=0.0)
+        critic_scheduler = build_scheduler(cfg, critic_optimizer, warmup=False)
     return ImageSCALEngine(
-        datamanager, model, optimizer, **triplet, critic_weight=cfg.scal.critic_weight, critics=critics,
-        critic_optimizer=critic_optimizer, critic_scheduler=build_scheduler(cfg, critic_optimizer, warmup=False),
-        critic_warmup_epochs=cfg.scal.critic_warmup_epochs, critic_counterfactual=cfg.scal.critic_counterfactual,
-        critic_explore_std=cfg.scal.critic_explore_std,
-        diagnostic_batch=(fixed_batch(diagnostic_dataset(datamanager), cfg.scal.diagnostic_images)
-                          if cfg.scal.diagnostic_images else None),
+        datamanager, model, optimizer, **triplet, critic_weight=scal.critic_weight, critics=critics,
+        critic_optimizer=critic_optimizer, critic_scheduler=critic_scheduler, critic_form=scal.critic_form,
+        critic_stages=list(scal.critic_stages), critic_warmup_epochs=scal.critic_warmup_epochs,
+        critic_explore_std=scal.critic_explore_std, critic_target=scal.critic_target, critic_seed=cfg.train.seed,
+        diagnostic_batch=(fixed_batch(diagnostic_dataset(datamanager), scal.diagnostic_images)
+                          if scal.diagnostic_images and critics is not None else None),
     )
 
 

@@ -27,7 +27,7 @@ def test_benchmark_json_has_every_figure(tmp_path):
         assert all(value > 0 for value in report[figure].values())
     scal = get_default_config().scal
     assert report["scal"]["critic_explore_std"] == scal.critic_explore_std  # the default SCAL is timed
-    assert report["scal"]["critic_counterfactual"] == scal.critic_counterfactual
+    assert report["scal"]["critic_form"] == scal.critic_form
     assert report["settings"]["height"] == 64 and report["versions"]["torchreid_layout"] == "pypi"
     assert all(len(report["raw"][m]["train_step_s"]) == 2 for m in MODELS)
     assert "resnet50_scal_spatial" in result.stdout and "step/resnet50" in result.stdout

@@ -22,7 +22,7 @@ def main_py(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def tiny(tmp_path_factory):
     """Overrides that make the demo job a few seconds: 64x32 images, one epoch, the test set once."""
     root = tmp_path_factory.mktemp("reid-data")
-    return ["data.root", str(root), "data.height", "64", "data.width", "32", "data.workers", "0",
+    return ["data.root", str(root), "scal_demo.num_test_ids", "50", "data.height", "64", "data.width", "32", "data.workers", "0",
             "train.max_epoch", "1", "train.warmup_epochs", "0", "train.print_freq", "4"]
 
 

@@ -7,6 +7,8 @@ the scale and position of the figure. Files follow Market-1501's layout and nami
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import json
 import os
@@ -14,7 +16,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 import cv2
 import numpy as np
@@ -196,7 +198,7 @@ class DemoConfig:
 
     seed: int = 0
     num_train_ids: int = 50
-    num_test_ids: int = 50
+    num_test_ids: int = 1000
     train_per_id: int = 8
     gallery_per_id: int = 6
     heldout_per_id: int = 2
@@ -304,6 +306,20 @@ def read_split(directory: str, relabel: bool = False) -> List[Tuple[str, int, in
     return items
 
 
+@contextlib.contextmanager
+def demo_options(**options) -> Iterator[None]:
+    """While the block runs, torchreid builds ``scal_demo`` with these generation options (e.g.
+    ``num_test_ids``): its data manager passes a dataset a fixed set of keywords only."""
+    table = _torchreid.image_dataset_table()
+    registered = table.get("scal_demo")
+    table["scal_demo"] = type("SCALDemo", (SCALDemo,), {"__init__": functools.partialmethod(SCALDemo.__init__,
+                                                                                           **options)})
+    try:
+        yield
+    finally:
+        table["scal_demo"] = registered
+
+
 class SCALDemo(_torchreid.data.ImageDataset):
     """torchreid dataset ``scal_demo``: generated under ``root/scal_demo`` on first use (seconds on CPU).
 
@@ -314,8 +330,9 @@ class SCALDemo(_torchreid.data.ImageDataset):
 
     dataset_dir = "scal_demo"
 
-    def __init__(self, root: str = "", seed: int = 0, num_train_ids: int = 50, num_test_ids: int = 50,
-                 train_per_id: int = 8, gallery_per_id: int = 6, heldout_per_id: int = 2, **kwargs) -> None:
+    def __init__(self, root: str = "", seed: int = 0, num_train_ids: int = 50,
+                 num_test_ids: int = DemoConfig.num_test_ids, train_per_id: int = 8, gallery_per_id: int = 6,
+                 heldout_per_id: int = 2, **kwargs) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.dataset_dir = os.path.join(self.root, self.dataset_dir)
         ensure_generated(self.dataset_dir, DemoConfig(seed, num_train_ids, num_test_ids, train_per_id, gallery_per_id,

@@ -10,7 +10,8 @@ from typing import Callable, Dict
 
 from .. import _torchreid
 from .attention import ChannelAgent, SpatialAgent
-from .critic import ChannelCritic, SpatialCritic, StageCritics
+from .critic import (ChannelCritic, CompatibleCritic, CompatibleCritics, CriticContext, SpatialCritic,
+                     StageCritics)
 from .pretrained import RESNET50_URL, load_imagenet_weights
 from .scal_resnet import SCALOutput, SCALResNet, stage_sizes
 
@@ -82,7 +83,8 @@ def register_models() -> None:
 
 
 __all__ = [
-    "ChannelAgent", "SpatialAgent", "ChannelCritic", "SpatialCritic", "StageCritics", "SCALOutput", "SCALResNet",
+    "ChannelAgent", "SpatialAgent", "ChannelCritic", "CompatibleCritic", "CompatibleCritics", "CriticContext",
+    "SpatialCritic", "StageCritics", "SCALOutput", "SCALResNet",
     "DEFAULT_CFGS", "MODEL_FACTORIES", "RESNET50_URL", "create_model", "load_imagenet_weights", "register_models",
     "stage_sizes", *MODEL_FACTORIES,
 ]
