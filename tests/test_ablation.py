@@ -2,6 +2,7 @@
 tables and the chart, from hand-made run records."""
 from __future__ import annotations
 
+import json
 import statistics
 
 import cv2
@@ -120,3 +121,17 @@ def test_repeated_seeds_or_variants_are_refused(tmp_path):
     for variants, seeds in ((["attention", "attention"], [1]), (["attention"], [1, 1])):
         with pytest.raises(ValueError, match="once each"):
             ablate("main.py", "cfg.yaml", str(tmp_path), variants, seeds)
+
+
+def test_report_only_tabulates_the_finished_runs_and_trains_nothing(tmp_path):
+    for variant, seed, m_ap in (("attention", 1, 20.0), ("attention", 2, 22.0), ("scal_paper", 1, 21.0)):
+        directory = tmp_path / "runs" / variant / f"seed{seed}"
+        directory.mkdir(parents=True)
+        (directory / "run.json").write_text(json.dumps(dict(record(variant, seed, m_ap, 30.0),
+                                                            per_query=per_query([m_ap / 100]))))
+    result = ablate("no-such-main.py", "cfg.yaml", str(tmp_path), ["attention", "scal_paper"], [1, 2, 3],
+                    train=False, log=lambda line: None)
+    assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("attention", 1), ("attention", 2),
+                                                                     ("scal_paper", 1)]
+    assert result["summary"]["scal_paper"]["vs_reference"]["mAP"]["diffs"] == [1.0]
+    assert (tmp_path / "ablation.md").read_text().count("| `attention` | ") == 4

@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="backbone of every variant: <backbone>_scal, _scal_spatial, _bnneck (resnet50)")
     parser.add_argument("--reference", default="attention",
                         help="the variant every other is compared with, seed by seed (attention)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: tabulate the finished runs among --variants x --seeds")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs applied to every run")
     args = parser.parse_args(argv)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     header = f"Ablation on `{args.config_file}`, measured on {cpu_model()} with:\n\n    {command}"
     try:
         ablate(MAIN, args.config_file, args.output, args.variants, args.seeds, args.opts, header,
-               backbone=args.backbone, reference=args.reference)
+               backbone=args.backbone, reference=args.reference, train=not args.report_only)
     except AblationStopped as err:
         print(f"ablation stopped: {err}", file=sys.stderr)
         return 128 + err.signum

@@ -305,9 +305,11 @@ def chart(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping[st
 
 def ablate(main_py: str, config_file: str, output: str, variants: Sequence[str], seeds: Sequence[int],
            overrides: Sequence[str] = (), header: str = "", backbone: str = "resnet50",
-           reference: Optional[str] = "attention", log=print) -> Dict[str, Any]:
+           reference: Optional[str] = "attention", train: bool = True, log=print) -> Dict[str, Any]:
     """Run every variant x seed (seed-major, so that every variant has its first seeds early), then write
-    ``ablation.json``, ``ablation.md`` and ``ablation.png`` into ``output``; return the JSON's content."""
+    ``ablation.json``, ``ablation.md`` and ``ablation.png`` into ``output``; return the JSON's content. With
+    ``train=False`` nothing is run: the tables hold the finished runs among them (variants may then have
+    different numbers of seeds)."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; expected some of {sorted(VARIANTS)}")
@@ -316,7 +318,13 @@ def ablate(main_py: str, config_file: str, output: str, variants: Sequence[str],
             raise ValueError(f"{name} must be given once each, at least one: got {list(items)}")
     if reference is not None and reference not in variants:
         reference = None
-    records = [run_one(main_py, config_file, v, s, output, overrides, backbone, log) for s in seeds for v in variants]
+    if train:
+        records = [run_one(main_py, config_file, v, s, output, overrides, backbone, log)
+                   for s in seeds for v in variants]
+    else:
+        records = [r for r in (finished(run_dir(output, v, s)) for s in seeds for v in variants) if r is not None]
+        if not records:
+            raise RuntimeError(f"no finished run of {list(variants)} with seeds {list(seeds)} in {output}")
     records.sort(key=lambda r: (list(variants).index(r["variant"]), r["seed"]))
     summary = aggregate(records, variants, reference)
     result = {"config_file": config_file, "overrides": list(overrides), "backbone": backbone,
