@@ -7,7 +7,7 @@ import ast
 import contextlib
 import difflib
 import math
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -39,6 +39,44 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise ConfigError(f"key {key!r} appears twice (lines {first} and {line}); "
                                   "YAML would silently keep only the second: merge them into one")
         return super().construct_mapping(node, deep=deep)
+
+
+_UPSTREAM = {
+    "": "use_gpu",
+    "model": "name pretrained load_weights resume",
+    "data": "type root sources targets workers split_id height width combineall transforms k_tfm norm_mean norm_std "
+            "save_dir load_train_targets",
+    "market1501": "use_500k_distractors",
+    "cuhk03": "labeled_images classic_split use_metric_cuhk03",
+    "sampler": "train_sampler train_sampler_t num_instances num_cams num_datasets",
+    "video": "seq_len sample_method pooling_method",
+    "train": "optim lr weight_decay max_epoch start_epoch batch_size fixbase_epoch open_layers staged_lr new_layers "
+             "base_lr_mult lr_scheduler stepsize gamma print_freq seed",
+    "sgd": "momentum dampening nesterov",
+    "rmsprop": "alpha",
+    "adam": "beta1 beta2",
+    "loss": "name",
+    "loss.softmax": "label_smooth",
+    "loss.triplet": "margin weight_t weight_x",
+    "test": "batch_size dist_metric normalize_feature ranks evaluate eval_freq start_eval rerank visrank visrank_topk",
+}
+UPSTREAM_KEYS = frozenset(f"{section}.{name}" if section else name
+                          for section, names in _UPSTREAM.items() for name in names.split())
+"""The keys of upstream torchreid's ``scripts/default_config.py`` (and the top-level ``use_gpu`` its scripts set);
+every other key of :func:`get_default_config` is this package's, documented in docs/configuration.md."""
+
+
+def leaf_keys(node: CN, prefix: str = "") -> List[str]:
+    """The dotted names of every value (not section) in ``node``, in definition order."""
+    keys: List[str] = []
+    for name, value in node.items():
+        keys += leaf_keys(value, f"{prefix}{name}.") if isinstance(value, CN) else [f"{prefix}{name}"]
+    return keys
+
+
+def added_keys() -> List[str]:
+    """The keys this package adds to torchreid's configuration."""
+    return [key for key in leaf_keys(get_default_config()) if key not in UPSTREAM_KEYS]
 
 
 def get_default_config() -> CN:
