@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -82,14 +83,58 @@ def save_checkpoint(state: Mapping[str, Any], path: str) -> str:
     return write_atomically(path, lambda f: torch.save(to_plain(dict(state)), f))
 
 
+NUMPY_NUMBER_KINDS = "biufc"
+"""NumPy dtype kinds a checkpoint may hold scalars of: booleans, integers, unsigned integers, floats and complex
+numbers, each at most 32 bytes. Other kinds (void, bytes, strings, objects, structured or sub-array dtypes) have a
+size the file chooses: NumPy's scalar reconstruction allocates and zeroes that size, so a 1 KB file could ask for
+gigabytes."""
+
+
+_NUMBERS_ONLY = "a checkpoint may hold NumPy numbers (booleans, integers, floats, complex) only"
+
+
+def _number_dtype(dtype: np.dtype, source: Any) -> np.dtype:
+    if dtype.kind not in NUMPY_NUMBER_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"refusing NumPy dtype {source!r}: {_NUMBERS_ONLY}")
+    return dtype
+
+
+def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    """``numpy.dtype`` as an unpickled checkpoint may call it: the dtype of a NumPy number, named by a type code
+    such as ``'f8'``, and nothing else."""
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise pickle.UnpicklingError(f"refusing NumPy dtype {spec!r}: {_NUMBERS_ONLY}")
+    try:
+        dtype = np.dtype(spec)
+    except TypeError as err:
+        raise pickle.UnpicklingError(f"refusing NumPy dtype {spec!r}: {err}") from None
+    return np.dtype(_number_dtype(dtype, spec), copy=True)  # a copy: unpickling then sets its byte order
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
+    """NumPy's scalar reconstruction for numbers only, from exactly their bytes."""
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"refusing a NumPy scalar of {type(dtype).__name__}: it needs a dtype")
+    _number_dtype(dtype, str(dtype))
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"refusing a NumPy {dtype} scalar: it needs {dtype.itemsize} bytes of data")
+    return _SCALAR(dtype, data)
+
+
+_SCALAR = np.float64(0).__reduce__()[0]
+
+
 def _numpy_scalar_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
-    """What unpickling a NumPy number needs, and nothing more: the function that rebuilds a scalar (under the
-    name this NumPy pickles it with and the other major version's: ``numpy._core`` was ``numpy.core`` before
-    NumPy 2), ``numpy.dtype``, and the dtype classes of booleans and numbers. Arrays and objects stay refused."""
-    scalar = np.float64(0).__reduce__()[0]
-    names = {f"{scalar.__module__}.{scalar.__name__}", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
-    kinds = {type(np.dtype(code)) for code in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]}
-    return [(scalar, name) for name in sorted(names)] + [np.dtype, *sorted(kinds, key=str)]
+    """What unpickling a NumPy number needs, and nothing more: NumPy's scalar reconstruction and ``numpy.dtype``,
+    each behind a guard that lets only numbers of :data:`NUMPY_NUMBER_KINDS` through (under the scalar function's
+    name in this NumPy and the other major version's: ``numpy._core`` was ``numpy.core`` before NumPy 2), and the
+    dtype classes of those numbers. Arrays and objects stay refused."""
+    names = {f"{_SCALAR.__module__}.{_SCALAR.__name__}", "numpy.core.multiarray.scalar",
+             "numpy._core.multiarray.scalar"}
+    codes = "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]
+    kinds = {type(np.dtype(code)) for code in codes}
+    return ([(_numpy_scalar, name) for name in sorted(names)] + [(_numpy_dtype, "numpy.dtype")]
+            + sorted(kinds, key=str))
 
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
