@@ -107,6 +107,26 @@ def test_stale_partial_checkpoints_are_removed_by_the_run_that_owns_the_director
     assert f"removed {stale}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "folder"])
+def test_a_lock_path_that_is_not_the_runs_own_file_is_never_written_through(data_root, tmp_path, monkeypatch, kind):
+    calls = no_training(monkeypatch)
+    save_dir, victim = tmp_path / "run", tmp_path / "precious.txt"
+    save_dir.mkdir()
+    victim.write_text("keep me")
+    lock = save_dir / rundir.LOCK
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "hardlink":
+        os.link(victim, lock)
+    else:
+        lock.mkdir()
+    expected = {"symlink": rf"a symbolic link \(to {victim}\)", "hardlink": r"a file with other names \(hard links\)",
+                "folder": "a folder"}[kind]
+    with pytest.raises(ConfigError, match=f"data.save_dir: {lock} is {expected}, not the run's lock file"):
+        runner.run(tiny(data_root, save_dir))
+    assert victim.read_text() == "keep me" and not calls
+
+
 @pytest.mark.parametrize("make, opts, message", [
     (lambda d: (d / "run").write_text(""), [], r"data.save_dir: cannot write to .*/run: it is a file"),
     (lambda d: (d / "run").mkdir() or (d / "run" / "model").write_text(""), [],
