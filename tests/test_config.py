@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import time
 
 import pytest
 import torch
@@ -177,6 +178,25 @@ def test_repeated_yaml_section_is_refused(tmp_path):
     path.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match=r"key 'lr' appears twice \(lines 2 and 3\)"):
         load_config(str(path))
+
+
+LAUGHS = "train:\n  open_layers:\n" + "".join(
+    f"    - &l{i} [" + ", ".join([f"*l{i - 1}" if i else "'lol'"] * 9) + "]\n" for i in range(9))
+"""A valid key holding nine lists of nine references to the previous one: 9**9 strings once expanded."""
+
+
+@pytest.mark.parametrize("text, line, alias", [
+    (LAUGHS, 4, "l0"),
+    ("base: &base\n  lr: 0.1\ntrain:\n  <<: *base\n", 4, "base"),
+    ("train:\n  stepsize: &s [20]\ntest:\n  ranks: *s\n", 4, "s"),
+], ids=["billion-laughs", "merge-key", "plain"])
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path, text, line, alias):
+    path = tmp_path / "alias.yaml"
+    path.write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"alias.yaml: line {line}: YAML alias \*{alias} refused") as refused:
+        load_config(str(path))
+    assert time.perf_counter() - started < 2 and len(str(refused.value)) < 300
 
 
 @pytest.mark.parametrize("text, hint", [("35e-5", "3.5e-4"), ("1e-3", "1.0e-3"), ("2E2", "2.0e+2")])

@@ -7,6 +7,7 @@ import ast
 import contextlib
 import difflib
 import math
+import reprlib
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
@@ -22,8 +23,16 @@ TRANSFORMS = ("random_flip", "random_crop", "random_patch", "color_jitter", "ran
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a mapping that repeats a key: SafeLoader silently keeps the last one,
-    so a second ``train:`` section would drop the first."""
+    """PyYAML's safe loader, refusing a mapping that repeats a key (SafeLoader silently keeps the last one, so a
+    second ``train:`` section would drop the first) and any alias (``*name``): nested aliases expand a few hundred
+    bytes into billions of values ("billion laughs"), which the merge then walks."""
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} refused (aliases can "
+                              "expand a small file into gigabytes): write the value out instead")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
         lines: Dict[Any, int] = {}
@@ -213,8 +222,13 @@ def _decode(text: str) -> Any:
         return text
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 3
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    """``value`` for an error message: its repr, shortened (a list of a million items stays one line), and type."""
+    return f"{_SHORT.repr(value)} ({type(value).__name__})"
 
 
 def _yaml_float(text: str) -> str:
