@@ -132,10 +132,22 @@ def test_command_line_overrides_and_friendly_coercions():
     (["train.optim", "sgd", "sgd.nesterov", "True", "sgd.momentum", "0"], "sgd.nesterov True needs sgd.momentum"),
     (["test.evaluator", "numpy"], "config key test.evaluator: 'numpy' is not one of ['fast', 'torchreid']"),
     (["test.eval_memory_mb", "0"], "config key test.eval_memory_mb must be > 0"),
+    (["data.height", "100000"], "config key data.height must be <= 1024 pixels, got 100000"),
+    (["data.width", "1025"], "config key data.width must be <= 1024 pixels, got 1025"),
+    (["data.k_tfm", "0"], "config key data.k_tfm must be > 0, got 0"),
 ])
 def test_bad_input_names_the_key(opts, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_config(SCAL_MARKET, opts)
+
+
+def test_paths_expand_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(SCAL_MARKET, ["data.save_dir", "~/runs/x", "data.root", "~/data", "model.resume", "auto",
+                                    "model.load_weights", "~/w.pth", "model.pretrained_path", "~/r50.pth"])
+    assert cfg.data.save_dir == str(tmp_path / "runs" / "x") and cfg.data.root == str(tmp_path / "data")
+    assert cfg.model.load_weights == str(tmp_path / "w.pth") and cfg.model.pretrained_path == str(tmp_path / "r50.pth")
+    assert cfg.model.resume == "auto"
 
 
 def test_bad_file_names_the_file_and_key(tmp_path):

@@ -145,6 +145,14 @@ def test_unusable_output_or_data_locations_stop_before_any_work(data_root, tmp_p
     assert not calls
 
 
+def test_save_dir_under_the_home_folder_is_not_a_literal_tilde(data_root, tmp_path, monkeypatch):
+    calls = no_training(monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    runner.run(tiny(data_root, "~/x"))
+    assert calls and (tmp_path / "home" / "x" / rundir.LOCK).is_file() and not (tmp_path / "~").exists()
+
+
 def test_save_dir_where_nothing_can_be_written(data_root, monkeypatch):
     calls = no_training(monkeypatch)
     with pytest.raises(ConfigError, match="data.save_dir: cannot write to /proc/x"):

@@ -7,6 +7,7 @@ import ast
 import contextlib
 import difflib
 import math
+import os
 import reprlib
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -294,6 +295,13 @@ def _nest(key: str, value: Any) -> Dict[str, Any]:
     return node
 
 
+PATH_KEYS = ("data.root", "data.save_dir", "model.load_weights", "model.resume", "model.pretrained_path")
+"""Keys naming files or folders: a leading ``~`` is the user's home, as in a shell (``model.resume auto`` stays)."""
+MAX_IMAGE_SIDE = 1024
+"""Largest ``data.height`` / ``data.width``: re-identification crops are a few hundred pixels (256x128 is usual), and
+memory grows with the image, that of the spatial agents' layers with the square of its area."""
+
+
 def load_config(config_file: str = "", opts: Sequence[str] = (), base: Optional[CN] = None) -> CN:
     """Defaults, then ``config_file`` (YAML), then ``opts`` (``KEY VALUE`` pairs); validated and frozen."""
     cfg = (base or get_default_config()).clone()
@@ -321,6 +329,10 @@ def load_config(config_file: str = "", opts: Sequence[str] = (), base: Optional[
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"malformed config key {key!r}: expected dotted names such as train.lr")
         _merge(cfg, _nest(key, _decode(text)))
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        if cfg[section][name] != "auto":
+            cfg[section][name] = os.path.expanduser(cfg[section][name])
     validate(cfg)
     cfg.freeze()
     return cfg
@@ -372,6 +384,11 @@ def validate(cfg: CN) -> None:
               "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
               "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",
               "scal.critic_explore_std", "scal.diagnostic_images", allow_zero=True)
+    _positive(cfg, "data.k_tfm")
+    for key in ("data.height", "data.width"):
+        if _value(cfg, key) > MAX_IMAGE_SIDE:
+            raise ConfigError(f"config key {key} must be <= {MAX_IMAGE_SIDE} pixels, got {_value(cfg, key)}: re-id "
+                              "crops are a few hundred pixels (256x128 is usual), and memory grows with the image")
     _check_model_name(cfg.model.name, list(_torchreid.model_factory()))
     if not cfg.test.evaluate:
         _positive(cfg, "train.max_epoch")
