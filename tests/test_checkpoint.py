@@ -179,6 +179,31 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint(tmp_path):
     assert any("skipping" in str(w.message) and "model.pth.tar-3" in str(w.message) for w in warned)
 
 
+def test_resume_auto_falls_back_when_latest_names_a_damaged_checkpoint(tmp_path):
+    finished_run(tmp_path)
+    newest = tmp_path / "model" / "model.pth.tar-3"
+    newest.write_bytes(b"not a checkpoint")
+    (tmp_path / "model" / "latest").write_text("model.pth.tar-3\n")
+    with pytest.warns(UserWarning) as warned:
+        assert TinyEngine().resume("auto", str(tmp_path)) == 2
+    messages = [str(w.message) for w in warned]
+    assert any(f"skipping {newest}, which latest names" in m for m in messages)
+    assert any(f"resuming from the newest checkpoint on disk, {tmp_path / 'model' / 'model.pth.tar-2'}" in m
+               for m in messages)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_checkpoints_get_the_permissions_of_the_umask(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        finished_run(tmp_path)
+    finally:
+        os.umask(before)
+    written = sorted((tmp_path / "model").iterdir())
+    assert [p.name for p in written] == ["latest", "model.pth.tar-1", "model.pth.tar-2"]
+    assert all(p.stat().st_mode & 0o777 == mode for p in written)
+
+
 def test_resume_auto_in_an_empty_directory_starts_at_epoch_1(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "latest").write_text("model.pth.tar-3\n")

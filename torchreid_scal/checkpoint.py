@@ -11,7 +11,7 @@ import os
 import pickle
 import random
 import re
-import tempfile
+import secrets
 import warnings
 from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -50,6 +50,18 @@ TMP_PREFIX = ".tmp-"
 """Names of the temporary files :func:`write_atomically` renames into place."""
 
 
+def _new_temporary_file(directory: str) -> Tuple[int, str]:
+    """A new, empty ``TMP_PREFIX`` file in ``directory``, open for writing, with the permissions the umask gives any
+    new file (``tempfile.mkstemp`` makes it 0600: checkpoints renamed from it were unreadable to the group)."""
+    for _ in range(100):
+        path = os.path.join(directory, TMP_PREFIX + secrets.token_hex(8))
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {directory}")
+
+
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
     """Call ``write`` on a temporary file in ``path``'s directory, flush it to disk, then rename it over
     ``path``. A crash at any moment leaves either the old file or the new one; a failed write (a full disk, say)
@@ -58,7 +70,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
     tmp = ""
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+        fd, tmp = _new_temporary_file(directory)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -260,22 +272,27 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
 
 def newest_checkpoint(save_dir: str) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
     """The checkpoint ``model.resume auto`` continues from, and its contents: the one ``latest`` names; when
-    ``latest`` is unusable, with a warning, the most recently written checkpoint file that loads. ``(None,
-    None)`` when there is none."""
+    ``latest`` is unusable or names a checkpoint that does not load, with a warning, the most recently written
+    checkpoint file that loads. ``(None, None)`` when there is none."""
     named = latest_checkpoint(save_dir)
     if named is not None:
-        return named, load_checkpoint(named)
+        try:
+            return named, load_checkpoint(named)
+        except CheckpointError as err:
+            warnings.warn(f"model.resume auto: skipping {named}, which {LATEST} names: {err}")
     directory = os.path.join(save_dir, "model")
     found = sorted(checkpoint_files(directory) + checkpoint_files(directory, mid_epoch=True),
                    key=lambda item: (os.stat(item[1]).st_mtime_ns, item[0]), reverse=True)
     for _, path in found:
+        if path == named:
+            continue
         try:
             state = load_checkpoint(path)
         except CheckpointError as err:
             warnings.warn(f"model.resume auto: skipping {path}: {err}")
             continue
         warnings.warn(f"model.resume auto: {os.path.join(save_dir, 'model', LATEST)} is missing or names no "
-                      f"checkpoint file; resuming from the newest checkpoint on disk, {path}")
+                      f"checkpoint file that loads; resuming from the newest checkpoint on disk, {path}")
         return path, state
     return None, None
 
