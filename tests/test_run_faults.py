@@ -160,6 +160,14 @@ def test_save_dir_where_nothing_can_be_written(data_root, monkeypatch):
     assert not calls
 
 
+def test_an_evaluation_is_not_refused_by_the_training_batch_checks(data_root, tmp_path, capsys):
+    """4 identities of 4 images cannot fill a batch of 16 identities x 8, but evaluating draws no batch."""
+    with pytest.warns(UserWarning, match="evaluating the model as initialised"):
+        runner.run(tiny(data_root, tmp_path, "test.evaluate", "True", "train.batch_size", "128",
+                        "sampler.num_instances", "8"))
+    assert "mAP:" in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def finished(data_root, tmp_path_factory):
     """A run that trained its one epoch."""

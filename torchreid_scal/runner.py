@@ -39,16 +39,21 @@ def build_datamanager(cfg: CN, device: torch.device):
     across epochs and, under torchrun, feeds this process its share of every P x K batch."""
     names = list(cfg.data.sources) + list(cfg.data.targets)
     check_available(cfg.data.root, names, generated=list(DATASETS))
-    identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
+    # An evaluation draws no training batch: nothing checks that the training split can fill one (torchreid's
+    # identity sampler would assert it).
+    identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler" and not cfg.test.evaluate
+    kwargs = imagedata_kwargs(cfg, use_gpu=device.type == "cuda")
+    if cfg.test.evaluate:
+        kwargs["train_sampler"] = "RandomSampler"
     with checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
                           check_images=cfg.data.check_images,
                           num_instances=cfg.sampler.num_instances if identity_sampling else None,
                           ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
-        datamanager = _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
+        datamanager = _torchreid.data.ImageDataManager(**kwargs)
     loader = datamanager.train_loader
     sampler, batch_size = loader.sampler, loader.batch_size
     here = distributed.world()
-    if here.size > 1:
+    if here.size > 1 and not cfg.test.evaluate:
         if not identity_sampling:
             raise ConfigError("distributed training shards P x K batches: "
                               "set sampler.train_sampler RandomIdentitySampler")
