@@ -187,14 +187,19 @@ def checked_datasets(names: Iterable[str], sources: Sequence[str], skip_bad_imag
                      ids_per_batch: Optional[int] = None) -> Iterator[None]:
     """While torchreid builds its data manager, the datasets ``names`` are built through :class:`_Checked`
     subclasses: every image is decoded first with ``check_images`` (DataError listing the unreadable ones) or
-    ``skip_bad_images`` (they are left out); identity sampling checks apply when ``num_instances`` is given."""
+    ``skip_bad_images`` (they are left out); identity sampling checks apply when ``num_instances`` is given.
+    Market-1501 and DukeMTMC-reID read each file's identity and camera from its own name (:mod:`.names`)."""
+    from .names import name_readers  # names.py raises this module's DataError
+
     table = _torchreid.image_dataset_table()
     saved = {name: table[name] for name in set(names)}
     options = _Options(sources, skip_bad_images, check_images, num_instances, ids_per_batch)
     try:
         for name, cls in saved.items():
             if isinstance(cls, type) and issubclass(cls, _torchreid.data.ImageDataset):
-                table[name] = type(cls.__name__, (cls, _Checked), {"_name": name, "_options": options})
+                table[name] = type(cls.__name__, (*name_readers(cls), cls, _Checked),
+                                   {"_name": name, "_options": options, "_dataset_name": name,
+                                    "_skip_bad_names": skip_bad_images})
         yield
     finally:
         table.update(saved)
