@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from torchreid_scal import _torchreid, rundir, runner
+from torchreid_scal.checkpoint import NonFiniteError, save_checkpoint
 from torchreid_scal.config import ConfigError, load_config
+from torchreid_scal.datasets import DataError
 from torchreid_scal.datasets.demo import SCALDemo
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "configs", "scal_demo.yaml")
@@ -166,6 +168,46 @@ def test_an_evaluation_is_not_refused_by_the_training_batch_checks(data_root, tm
         runner.run(tiny(data_root, tmp_path, "test.evaluate", "True", "train.batch_size", "128",
                         "sampler.num_instances", "8"))
     assert "mAP:" in capsys.readouterr().out
+
+
+class SameCameraDemo(SCALDemo):
+    """``scal_demo`` whose gallery keeps, of each identity, only the images of its query's camera: no query has a
+    match that the protocol counts."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        camera = {pid: camid for _, pid, camid, *_ in self.query}
+        self.gallery = [item for item in self.gallery if camera.get(item[1]) == item[2]]
+        if kwargs.get("mode") == "gallery":
+            self.data = self.gallery
+
+
+@pytest.mark.parametrize("evaluator", ["fast", "torchreid"])
+def test_a_test_set_without_a_valid_query_is_one_line(data_root, tmp_path, capsys, evaluator):
+    _torchreid.image_dataset_table()["scal_demo_same_camera"] = functools.partial(SameCameraDemo, **TINY_DATASET)
+    cfg = tiny(data_root, tmp_path, "test.evaluate", "True", "test.evaluator", evaluator,
+               "data.targets", "['scal_demo_same_camera']")
+    with pytest.warns(UserWarning, match="as initialised"), pytest.raises(
+            DataError, match=r"dataset scal_demo_same_camera: none of its 3 queries has a gallery image of its identity "
+                             r"from another camera \(3 gallery images\)"):
+        runner.run(cfg)
+    out = capsys.readouterr().out
+    assert "Extracting features" not in out and "mAP" not in out
+
+
+@pytest.mark.parametrize("evaluator", ["fast", "torchreid"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30])
+def test_non_finite_features_stop_before_any_metric(data_root, tmp_path, capsys, evaluator, value):
+    cfg = tiny(data_root, tmp_path, "test.evaluate", "True", "test.evaluator", evaluator)
+    model = runner.build_model(cfg, TINY_DATASET["num_train_ids"])
+    with torch.no_grad():
+        model.conv1.weight.fill_(value)  # 1e30: finite features whose float32 distances overflow
+    weights = save_checkpoint({"state_dict": model.state_dict()}, str(tmp_path / "bad.pth"))
+    cfg = tiny(data_root, tmp_path, "test.evaluate", "True", "test.evaluator", evaluator, "model.load_weights", weights)
+    with pytest.raises(NonFiniteError, match=r"resnet18 gives non-finite features .* for \d+ of \d+ images of "
+                                             r"scal_demo_tiny, e.g. .*\.png; no metric was computed"):
+        runner.run(cfg)
+    assert "mAP" not in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

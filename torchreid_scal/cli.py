@@ -10,9 +10,9 @@ from .datasets import DataError
 from .preemption import Preempted
 
 EXIT_CODES = ((ConfigError, 2, "config error"), (DataError, 3, "data error"),
-              (NonFiniteError, 4, "training stopped"), (CheckpointError, 5, "checkpoint error"),
+              (NonFiniteError, 4, "stopped"), (CheckpointError, 5, "checkpoint error"),
               (Preempted, 6, "stopped"), (KeyboardInterrupt, 130, "interrupted"))
-"""Exit status per outcome: 2 configuration, 3 data, 4 non-finite loss, 5 checkpoint, 6 stopped by SIGTERM, SIGUSR1
+"""Exit status per outcome: 2 configuration, 3 data, 4 non-finite loss or features, 5 checkpoint, 6 stopped by SIGTERM, SIGUSR1
 or SIGINT after writing a checkpoint to resume from (``model.resume auto``), 130 a second SIGINT (no checkpoint)."""
 
 
