@@ -155,6 +155,25 @@ def test_save_dir_under_the_home_folder_is_not_a_literal_tilde(data_root, tmp_pa
     assert calls and (tmp_path / "home" / "x" / rundir.LOCK).is_file() and not (tmp_path / "~").exists()
 
 
+def test_a_log_that_cannot_be_written_is_one_warning_and_the_run_goes_on(data_root, tmp_path, monkeypatch, capsys):
+    """/dev/full fails every write, as a full disk does."""
+    calls = []
+    monkeypatch.setattr(runner, "_run", lambda cfg: calls.append(print("line\n" * 2000, end="the end")))
+    runner.run(tiny(data_root, tmp_path), log_file="/dev/full")
+    captured = capsys.readouterr()
+    assert calls and captured.out == "line\n" * 2000 + "the end"
+    assert captured.err == ("warning: cannot write the log /dev/full (No space left on device); it ends here, the "
+                            "console shows the rest\n")
+
+
+def test_the_log_holds_every_line_printed_so_far(data_root, tmp_path, monkeypatch):
+    logged = []
+    log_file = tmp_path / "train.log"
+    monkeypatch.setattr(runner, "_run", lambda cfg: (print("first line"), logged.append(log_file.read_text())))
+    runner.run(tiny(data_root, tmp_path), log_file=str(log_file))
+    assert logged == ["first line\n"]
+
+
 def test_save_dir_where_nothing_can_be_written(data_root, monkeypatch):
     calls = no_training(monkeypatch)
     with pytest.raises(ConfigError, match="data.save_dir: cannot write to /proc/x"):

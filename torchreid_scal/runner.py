@@ -153,10 +153,42 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, d
     )
 
 
-class _Tee:
-    """Writes to the console stream and to the run's log file."""
+class _Log:
+    """The run's log file, line-buffered so that it holds every line printed so far. A write that fails (a full disk)
+    ends the log with one warning on the console, which keeps everything; it never stops the run."""
 
-    def __init__(self, console: TextIO, log: TextIO) -> None:
+    def __init__(self, path: str, console: TextIO) -> None:
+        self.path, self.console = path, console
+        self.file: Optional[TextIO] = open(path, "a", buffering=1)
+
+    def write(self, text: str) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.write(text))
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.flush())
+
+    def close(self) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.close())
+            self.file = None
+
+    def _do(self, action) -> None:
+        try:
+            action(self.file)
+        except OSError as err:
+            file, self.file = self.file, None
+            with contextlib.suppress(OSError):
+                file.close()
+            self.console.write(f"warning: cannot write the log {self.path} ({err.strerror or err}); it ends here, "
+                               "the console shows the rest\n")
+
+
+class _Tee:
+    """Writes to the console stream and to the run's log."""
+
+    def __init__(self, console: TextIO, log: _Log) -> None:
         self.console, self.log = console, log
 
     def write(self, text: str) -> int:
@@ -191,12 +223,14 @@ def run(cfg: CN, log_file: Optional[str] = None) -> None:
     name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     log_file = log_file or os.path.join(cfg.data.save_dir, name)
     stdout, stderr = sys.stdout, sys.stderr
-    with rundir.claimed(cfg), open(log_file, "a") as log:
+    with rundir.claimed(cfg):
+        log = _Log(log_file, stderr)
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
             _run(cfg)
         finally:
             sys.stdout, sys.stderr = stdout, stderr
+            log.close()
 
 
 def _run(cfg: CN) -> None:
