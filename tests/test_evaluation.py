@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchreid_scal import _torchreid
-from torchreid_scal.evaluation import (GalleryDistances, distance_matrix, evaluate, evaluate_distances,
-                                       rerank_distances)
+from torchreid_scal.evaluation import (GalleryDistances, count_valid_queries, distance_matrix, evaluate,
+                                       evaluate_distances, rerank_distances)
 
 rank = _torchreid.submodule("metrics.rank")
 
@@ -139,6 +139,16 @@ def test_equals_torchreids_compiled_evaluator(problem, cuhk03):
     result = evaluate_distances(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, cuhk03=cuhk03, seed=7)
     np.testing.assert_allclose(result.cmc, cmc, rtol=0, atol=1e-6)
     assert abs(result.mAP - mAP) < 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(problems())
+def test_the_valid_queries_are_those_the_protocol_evaluates(problem):
+    distmat, q_pids, g_pids, q_cams, g_cams = problem
+    valid, _, _ = protocol(*problem)
+    assert count_valid_queries(q_pids, q_cams, g_pids, g_cams) == int(valid.sum())
+    if valid.any():
+        assert evaluate_distances(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=1).num_valid == int(valid.sum())
 
 
 def test_minp_and_ap_by_hand():

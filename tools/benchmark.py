@@ -31,8 +31,9 @@ import torchvision
 
 import torchreid_scal
 from torchreid_scal import _torchreid
-from torchreid_scal.config import get_default_config
 from torchreid_scal.ablation import VARIANTS
+from torchreid_scal.cli import at_least
+from torchreid_scal.config import MAX_IMAGE_SIDE, get_default_config
 from torchreid_scal.engine import ImageTripletEngine
 from torchreid_scal.scal_engine import ImageSCALEngine
 from torchreid_scal.models import create_model
@@ -60,12 +61,12 @@ def scal_options(variant: str = "") -> Dict[str, object]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-instances", type=int, default=4)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="measured repetitions (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=at_least(1), default=16)
+    parser.add_argument("--num-instances", type=at_least(1), default=4)
+    parser.add_argument("--height", type=at_least(1, MAX_IMAGE_SIDE), default=256)
+    parser.add_argument("--width", type=at_least(1, MAX_IMAGE_SIDE), default=128)
+    parser.add_argument("--steps", type=at_least(1), default=5, help="measured repetitions (after --warmup)")
+    parser.add_argument("--warmup", type=at_least(0), default=2)
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision (bf16 on CPU and Ampere or later GPUs, else fp16 with loss scaling)")
     parser.add_argument("--channels-last", action="store_true")

@@ -30,6 +30,7 @@ from typing import Dict
 import torch
 
 from torchreid_scal import _torchreid
+from torchreid_scal.cli import at_least, positive_float
 from torchreid_scal.evaluation import distance_matrix, evaluate, evaluate_distances
 
 SIZES = {  # test sets as torchreid loads them
@@ -48,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", default="", help="write the figures to this file")
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="default: all (compiled where importable)")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink queries, gallery and identities (tests)")
-    parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
-    parser.add_argument("--memory-mb", type=float, default=256, help="the fast evaluator's chunk budget")
+    parser.add_argument("--dim", type=at_least(1), default=2048, help="feature dimension")
+    parser.add_argument("--memory-mb", type=positive_float, default=256, help="the fast evaluator's chunk budget")
     parser.add_argument("--ranking-threads", type=int, default=1,
                         help="the fast evaluator's ranking threads on the CPU (its default: 1)")
     parser.add_argument("--noise", type=float, help="image noise against identity spread (default: NOISE)")

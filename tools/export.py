@@ -13,19 +13,23 @@ import sys
 
 import torch
 
-from torchreid_scal.cli import run_tool
+from torchreid_scal.cli import output_folder, run_tool
 from torchreid_scal.config import load_config
 from torchreid_scal.export import FORMATS, export, load_inference_model, parity
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True, help="checkpoint written by tools/main.py")
-    parser.add_argument("--output", required=True, help="directory for model.onnx / model.ts")
+    parser.add_argument("--output", required=True, type=output_folder, help="directory for model.onnx / model.ts")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     def job() -> None:
         cfg = load_config(args.config_file, args.opts)

@@ -7,7 +7,9 @@ import ast
 import contextlib
 import difflib
 import math
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+import os
+import reprlib
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -22,8 +24,16 @@ TRANSFORMS = ("random_flip", "random_crop", "random_patch", "color_jitter", "ran
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a mapping that repeats a key: SafeLoader silently keeps the last one,
-    so a second ``train:`` section would drop the first."""
+    """PyYAML's safe loader, refusing a mapping that repeats a key (SafeLoader silently keeps the last one, so a
+    second ``train:`` section would drop the first) and any alias (``*name``): nested aliases expand a few hundred
+    bytes into billions of values ("billion laughs"), which the merge then walks."""
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} refused (aliases can "
+                              "expand a small file into gigabytes): write the value out instead")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
         lines: Dict[Any, int] = {}
@@ -39,6 +49,44 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise ConfigError(f"key {key!r} appears twice (lines {first} and {line}); "
                                   "YAML would silently keep only the second: merge them into one")
         return super().construct_mapping(node, deep=deep)
+
+
+_UPSTREAM = {
+    "": "use_gpu",
+    "model": "name pretrained load_weights resume",
+    "data": "type root sources targets workers split_id height width combineall transforms k_tfm norm_mean norm_std "
+            "save_dir load_train_targets",
+    "market1501": "use_500k_distractors",
+    "cuhk03": "labeled_images classic_split use_metric_cuhk03",
+    "sampler": "train_sampler train_sampler_t num_instances num_cams num_datasets",
+    "video": "seq_len sample_method pooling_method",
+    "train": "optim lr weight_decay max_epoch start_epoch batch_size fixbase_epoch open_layers staged_lr new_layers "
+             "base_lr_mult lr_scheduler stepsize gamma print_freq seed",
+    "sgd": "momentum dampening nesterov",
+    "rmsprop": "alpha",
+    "adam": "beta1 beta2",
+    "loss": "name",
+    "loss.softmax": "label_smooth",
+    "loss.triplet": "margin weight_t weight_x",
+    "test": "batch_size dist_metric normalize_feature ranks evaluate eval_freq start_eval rerank visrank visrank_topk",
+}
+UPSTREAM_KEYS = frozenset(f"{section}.{name}" if section else name
+                          for section, names in _UPSTREAM.items() for name in names.split())
+"""The keys of upstream torchreid's ``scripts/default_config.py`` (and the top-level ``use_gpu`` its scripts set);
+every other key of :func:`get_default_config` is this package's, documented in docs/configuration.md."""
+
+
+def leaf_keys(node: CN, prefix: str = "") -> List[str]:
+    """The dotted names of every value (not section) in ``node``, in definition order."""
+    keys: List[str] = []
+    for name, value in node.items():
+        keys += leaf_keys(value, f"{prefix}{name}.") if isinstance(value, CN) else [f"{prefix}{name}"]
+    return keys
+
+
+def added_keys() -> List[str]:
+    """The keys this package adds to torchreid's configuration."""
+    return [key for key in leaf_keys(get_default_config()) if key not in UPSTREAM_KEYS]
 
 
 def get_default_config() -> CN:
@@ -178,8 +226,13 @@ def _decode(text: str) -> Any:
         return text
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 3
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    """``value`` for an error message: its repr, shortened (a list of a million items stays one line), and type."""
+    return f"{_SHORT.repr(value)} ({type(value).__name__})"
 
 
 def _yaml_float(text: str) -> str:
@@ -245,6 +298,13 @@ def _nest(key: str, value: Any) -> Dict[str, Any]:
     return node
 
 
+PATH_KEYS = ("data.root", "data.save_dir", "model.load_weights", "model.resume", "model.pretrained_path")
+"""Keys naming files or folders: a leading ``~`` is the user's home, as in a shell (``model.resume auto`` stays)."""
+MAX_IMAGE_SIDE = 1024
+"""Largest ``data.height`` / ``data.width``: re-identification crops are a few hundred pixels (256x128 is usual), and
+memory grows with the image, that of the spatial agents' layers with the square of its area."""
+
+
 def load_config(config_file: str = "", opts: Sequence[str] = (), base: Optional[CN] = None) -> CN:
     """Defaults, then ``config_file`` (YAML), then ``opts`` (``KEY VALUE`` pairs); validated and frozen."""
     cfg = (base or get_default_config()).clone()
@@ -272,6 +332,10 @@ def load_config(config_file: str = "", opts: Sequence[str] = (), base: Optional[
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"malformed config key {key!r}: expected dotted names such as train.lr")
         _merge(cfg, _nest(key, _decode(text)))
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        if cfg[section][name] != "auto":
+            cfg[section][name] = os.path.expanduser(cfg[section][name])
     validate(cfg)
     cfg.freeze()
     return cfg
@@ -324,6 +388,11 @@ def validate(cfg: CN) -> None:
               "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
               "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",
               "scal.critic_explore_std", "scal.diagnostic_images", allow_zero=True)
+    _positive(cfg, "data.k_tfm")
+    for key in ("data.height", "data.width"):
+        if _value(cfg, key) > MAX_IMAGE_SIDE:
+            raise ConfigError(f"config key {key} must be <= {MAX_IMAGE_SIDE} pixels, got {_value(cfg, key)}: re-id "
+                              "crops are a few hundred pixels (256x128 is usual), and memory grows with the image")
     _check_model_name(cfg.model.name, list(_torchreid.model_factory()))
     if not cfg.test.evaluate:
         _positive(cfg, "train.max_epoch")

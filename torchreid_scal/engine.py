@@ -10,7 +10,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Dict, Iterable, NoReturn, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NoReturn, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,12 +19,16 @@ from torch.nn import functional as F
 
 from . import _torchreid, distributed
 from .checkpoint import NonFiniteError, SafeCheckpointing, rng_state, set_rng_state, write_atomically
-from .evaluation import RankMetrics, distance_matrix, evaluate, evaluate_distances, rerank_distances
+from .datasets import DataError
+from .evaluation import (RankMetrics, count_valid_queries, distance_matrix, evaluate, evaluate_distances,
+                         rerank_distances)
 from .precision import Precision
 from .preemption import Preempted, StopSignals, resumed_loader
 
 
 EVALUATORS = ("fast", "torchreid")
+MAX_SQUARED_NORM = 2.0 ** 124
+"""Largest squared L2 norm of a feature: float32 distances ``|q|^2 + |g|^2 - 2 q.g`` of two such stay finite."""
 
 
 class EngineMixin(SafeCheckpointing):
@@ -33,11 +37,12 @@ class EngineMixin(SafeCheckpointing):
     the epoch, mixed precision for training (``amp``) and feature extraction (``test_amp``), channels-last
     inputs, the ``fast`` evaluator (:mod:`torchreid_scal.evaluation`, in chunks of ``eval_memory_mb``;
     ``evaluator='torchreid'`` keeps torchreid's), and a result printout that does not raise IndexError when the
-    gallery is smaller than the largest requested rank."""
+    gallery is smaller than the largest requested rank. Under both evaluators, a test set without a valid query
+    and non-finite features stop with one line (``model_name`` names the model) before any metric is printed."""
 
     def __init__(self, *args, amp: bool = False, test_amp: bool = False, channels_last: bool = False,
                  checkpoint_freq: int = 1, keep_last: int = 0, evaluator: str = "fast", eval_memory_mb: float = 256,
-                 **kwargs) -> None:
+                 model_name: str = "", **kwargs) -> None:
         if evaluator not in EVALUATORS:
             raise ValueError(f"evaluator {evaluator!r} is not one of {list(EVALUATORS)}")
         super().__init__(*args, **kwargs)
@@ -52,6 +57,9 @@ class EngineMixin(SafeCheckpointing):
         self.save_dir = ""
         self.stop_signals = StopSignals()
         self._epoch_rng: Dict[str, Any] = {}
+        self.model_name = model_name or type(self.network).__name__
+        self._eval_dataset = ""
+        self._batch_paths: List[str] = []
 
     @property
     def network(self) -> nn.Module:
@@ -201,6 +209,7 @@ class EngineMixin(SafeCheckpointing):
 
     def parse_data_for_eval(self, data):
         imgs, pids, camids = super().parse_data_for_eval(data)
+        self._batch_paths = list(data.get("impath", ())) if isinstance(data, dict) else []
         return self._images(imgs), pids, camids
 
     def compute_loss(self, criterion, outputs, targets):
@@ -217,14 +226,40 @@ class EngineMixin(SafeCheckpointing):
         self.precision.backward_step(objective, optimizers)
 
     def extract_features(self, input: torch.Tensor) -> torch.Tensor:
+        """The network's features in float32; NonFiniteError naming the model, the dataset and an image when any is
+        NaN, infinite or too large for float32 distances (before, torchreid's evaluator printed metrics of them)."""
         with self.test_precision.autocast():
-            return self.network(input).float()
+            features = self.network(input).float()
+        bad = ~(features.square().sum(dim=1) <= MAX_SQUARED_NORM)  # NaN compares False
+        if bool(bad.any()):
+            paths = self._batch_paths
+            example = f", e.g. {paths[int(bad.nonzero()[0])]}" if len(paths) == len(bad) else ""
+            raise NonFiniteError(
+                f"{self.model_name} gives non-finite features (NaN, infinite, or a squared norm above 2^124 where "
+                f"float32 distances overflow) for {int(bad.sum())} of {len(bad)} images of "
+                f"{self._eval_dataset or 'the batch'}{example}; no metric was computed: check the weights "
+                "(model.load_weights) and, with test.amp, try without it")
+        return features
 
     def _evaluate(self, *args, ranks: Sequence[int] = (1, 5, 10, 20), gallery_loader=None, **kwargs):
+        self._eval_dataset = kwargs.get("dataset_name", "")
+        self._check_queries(kwargs.get("query_loader"), gallery_loader)
         size = len(gallery_loader.dataset)
         evaluate_with = super()._evaluate if self.evaluator == "torchreid" else self._evaluate_fast
         return evaluate_with(*args, ranks=[r for r in ranks if r <= size] or [1], gallery_loader=gallery_loader,
                              **kwargs)
+
+    def _check_queries(self, query_loader, gallery_loader) -> None:
+        """DataError when no query has a gallery image of its identity from another camera: nothing can be ranked
+        (both evaluators stopped with a traceback). Checked on the datasets' labels, before any feature is extracted."""
+        items = [getattr(getattr(loader, "dataset", None), "data", None) for loader in (query_loader, gallery_loader)]
+        if any(not isinstance(split, list) for split in items):
+            return
+        (query, gallery) = ([(item[1], item[2]) for item in split] for split in items)
+        if query and gallery and count_valid_queries(*zip(*query), *zip(*gallery)) == 0:
+            raise DataError(f"dataset {self._eval_dataset}: none of its {len(query)} queries has a gallery image of its "
+                            f"identity from another camera ({len(gallery)} gallery images), so there is nothing to rank; "
+                            "query and gallery must share identities seen by different cameras")
 
     def _features(self, loader):
         features, pids, camids = [], [], []

@@ -26,7 +26,7 @@ gallery distance or index matrix never exists (unless one is passed in).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, NamedTuple, Optional, Union
+from typing import Dict, Iterator, NamedTuple, Optional, Set, Union
 
 import numpy as np
 import torch
@@ -262,6 +262,15 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
         cmc = first_rank[1:max_rank + 1].cumsum(0).cpu().numpy().astype(np.float64)
     return RankMetrics(cmc / num_valid, float(np.nansum(ap)) / num_valid, inp_sum / num_valid, num_valid,
                        num_q - num_valid, ap, first_match)
+
+
+def count_valid_queries(q_pids: Array, q_camids: Array, g_pids: Array, g_camids: Array) -> int:
+    """How many queries the protocol evaluates: those with a gallery item of their identity from another camera."""
+    cameras: Dict[int, Set[int]] = {}
+    for pid, camid in zip(np.asarray(g_pids).tolist(), np.asarray(g_camids).tolist()):
+        cameras.setdefault(pid, set()).add(camid)
+    return sum(bool(cameras.get(pid, set()) - {camid})
+               for pid, camid in zip(np.asarray(q_pids).tolist(), np.asarray(q_camids).tolist()))
 
 
 def evaluate(qf: torch.Tensor, gf: torch.Tensor, q_pids: Array, g_pids: Array, q_camids: Array, g_camids: Array,

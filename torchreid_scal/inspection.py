@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -32,7 +33,7 @@ from .models import DEFAULT_CFGS, CompatibleCritics, CriticContext, SCALResNet, 
 from .rewards import Rewards, compute_rewards
 from .runner import build_trained_model
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 REWARD_KEYS = ("mean_reward", "classification_rate", "attention_helped_rate", "critic_mse", "critic_reward_corr")
 
 
@@ -103,12 +104,17 @@ def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, 
 
 class ImageFiles(Dataset):
     """Every image file of a folder (sorted by name) through ``transform``, as torchreid-style items
-    with no identity (pid -1)."""
+    with no identity (pid -1). Other files are left out with a warning naming them."""
 
     def __init__(self, folder: str, transform) -> None:
-        self.paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+        files = sorted(p for p in glob.glob(os.path.join(glob.escape(folder), "*")) if os.path.isfile(p))
+        self.paths = [p for p in files if p.lower().endswith(IMAGE_EXTENSIONS)]
         if not self.paths:
             raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        others = [os.path.basename(p) for p in files if p not in self.paths]
+        if others:
+            warnings.warn(f"{folder}: leaving out {len(others)} files that are not images "
+                          f"({', '.join(IMAGE_EXTENSIONS)}): {others[:5]}")
         self.transform = transform
 
     def __len__(self) -> int:

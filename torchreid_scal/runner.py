@@ -41,17 +41,22 @@ def build_datamanager(cfg: CN, device: torch.device):
     across epochs and, under torchrun, feeds this process its share of every P x K batch."""
     names = list(cfg.data.sources) + list(cfg.data.targets)
     check_available(cfg.data.root, names, generated=list(DATASETS))
-    identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
+    # An evaluation draws no training batch: nothing checks that the training split can fill one (torchreid's
+    # identity sampler would assert it).
+    identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler" and not cfg.test.evaluate
+    kwargs = imagedata_kwargs(cfg, use_gpu=device.type == "cuda")
+    if cfg.test.evaluate:
+        kwargs["train_sampler"] = "RandomSampler"
     with demo_options(num_test_ids=cfg.scal_demo.num_test_ids), \
             checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
                              check_images=cfg.data.check_images,
                              num_instances=cfg.sampler.num_instances if identity_sampling else None,
                              ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
-        datamanager = _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
+        datamanager = _torchreid.data.ImageDataManager(**kwargs)
     loader = datamanager.train_loader
     sampler, batch_size = loader.sampler, loader.batch_size
     here = distributed.world()
-    if here.size > 1:
+    if here.size > 1 and not cfg.test.evaluate:
         if not identity_sampling:
             raise ConfigError("distributed training shards P x K batches: "
                               "set sampler.train_sampler RandomIdentitySampler")
@@ -129,7 +134,7 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, d
     common = dict(scheduler=scheduler, use_gpu=device.type == "cuda", label_smooth=cfg.loss.softmax.label_smooth,
                   amp=cfg.train.amp, test_amp=cfg.test.amp, channels_last=cfg.model.channels_last,
                   checkpoint_freq=cfg.train.checkpoint_freq, keep_last=cfg.train.keep_last,
-                  evaluator=cfg.test.evaluator, eval_memory_mb=cfg.test.eval_memory_mb)
+                  evaluator=cfg.test.evaluator, eval_memory_mb=cfg.test.eval_memory_mb, model_name=cfg.model.name)
     if cfg.loss.name == "softmax":
         return ImageSoftmaxEngine(datamanager, model, optimizer, **common)
     triplet = dict(common, margin=cfg.loss.triplet.margin, weight_t=cfg.loss.triplet.weight_t,
@@ -155,10 +160,42 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, d
     )
 
 
-class _Tee:
-    """Writes to the console stream and to the run's log file."""
+class _Log:
+    """The run's log file, line-buffered so that it holds every line printed so far. A write that fails (a full disk)
+    ends the log with one warning on the console, which keeps everything; it never stops the run."""
 
-    def __init__(self, console: TextIO, log: TextIO) -> None:
+    def __init__(self, path: str, console: TextIO) -> None:
+        self.path, self.console = path, console
+        self.file: Optional[TextIO] = open(path, "a", buffering=1)
+
+    def write(self, text: str) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.write(text))
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.flush())
+
+    def close(self) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.close())
+            self.file = None
+
+    def _do(self, action) -> None:
+        try:
+            action(self.file)
+        except OSError as err:
+            file, self.file = self.file, None
+            with contextlib.suppress(OSError):
+                file.close()
+            self.console.write(f"warning: cannot write the log {self.path} ({err.strerror or err}); it ends here, "
+                               "the console shows the rest\n")
+
+
+class _Tee:
+    """Writes to the console stream and to the run's log."""
+
+    def __init__(self, console: TextIO, log: _Log) -> None:
         self.console, self.log = console, log
 
     def write(self, text: str) -> int:
@@ -193,12 +230,14 @@ def run(cfg: CN, log_file: Optional[str] = None) -> None:
     name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     log_file = log_file or os.path.join(cfg.data.save_dir, name)
     stdout, stderr = sys.stdout, sys.stderr
-    with rundir.claimed(cfg), open(log_file, "a") as log:
+    with rundir.claimed(cfg):
+        log = _Log(log_file, stderr)
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
             _run(cfg)
         finally:
             sys.stdout, sys.stderr = stdout, stderr
+            log.close()
 
 
 def _run(cfg: CN) -> None:

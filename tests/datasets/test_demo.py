@@ -6,6 +6,10 @@ import importlib
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict
@@ -178,3 +182,33 @@ def test_damaged_marker_never_deletes_files_the_generator_did_not_write(tmp_path
 def test_generation_where_nothing_can_be_written_is_a_data_error() -> None:
     with pytest.raises(DataError, match="cannot generate scal_demo in /proc/x/scal_demo"):
         SCALDemo(root="/proc/x", verbose=False, **SMALL)
+
+
+def generate_in_child(root: str, **sizes) -> str:
+    return ("import sys; from torchreid_scal.datasets.demo import SCALDemo; from torchreid_scal.datasets.checks "
+            f"import read_image; data = SCALDemo(root=sys.argv[1], verbose=False, **{sizes!r}); "
+            "read_image(data.train[0][0]); print(len(data.train))")
+
+
+def test_a_root_whose_name_is_not_utf_8(tmp_path: Path) -> None:
+    """cv2.imwrite crashed the process (SIGSEGV) on such a path and left its temporary folder behind."""
+    root = os.fsdecode(os.fsencode(str(tmp_path)) + b"/data\xff\xfe")
+    result = subprocess.run([sys.executable, "-c", generate_in_child("", **SMALL), root], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["12"]
+    assert os.listdir(os.fsencode(root)) == [b"scal_demo"]
+
+
+def test_what_a_killed_generation_leaves_is_removed_by_the_next(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", generate_in_child(""), str(tmp_path)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".scal_demo-*/new/bounding_box_train/*.png")):
+        assert child.poll() is None and time.monotonic() < deadline, "the generation ended before it was stopped"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(60) == -signal.SIGTERM
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".scal_demo-")  # SIGTERM runs no clean-up
+    data = SCALDemo(root=str(tmp_path), verbose=False, **SMALL)
+    assert len(data.train) == 12 and [p.name for p in tmp_path.iterdir()] == ["scal_demo"]
