@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError, load_weights
 from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
                      optimizer_kwargs)
 from .datasets import DATASETS, check_available, checked_datasets
+from .datasets.custom import register_custom
 from .datasets.splits import diagnostic_dataset, fixed_batch
 from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
 from .models import MODEL_FACTORIES, StageCritics
@@ -38,7 +39,8 @@ def build_datamanager(cfg: CN, device: torch.device):
     with the checks of :func:`checked_datasets` on the lists it builds. Its train loader keeps its workers
     across epochs and, under torchrun, feeds this process its share of every P x K batch."""
     names = list(cfg.data.sources) + list(cfg.data.targets)
-    check_available(cfg.data.root, names, generated=list(DATASETS))
+    custom = register_custom(names, cfg.data.camera_pattern)
+    check_available(cfg.data.root, names, generated=list(DATASETS) + custom)
     identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
     with checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
                           check_images=cfg.data.check_images,
