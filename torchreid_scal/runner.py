@@ -24,6 +24,7 @@ from .datasets.custom import register_custom
 from .datasets.splits import diagnostic_dataset, fixed_batch
 from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
 from .models import MODEL_FACTORIES, StageCritics
+from .retrieval.postprocess import PostProcess
 
 
 def select_device(cfg: CN) -> torch.device:
@@ -128,7 +129,8 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, d
     common = dict(scheduler=scheduler, use_gpu=device.type == "cuda", label_smooth=cfg.loss.softmax.label_smooth,
                   amp=cfg.train.amp, test_amp=cfg.test.amp, channels_last=cfg.model.channels_last,
                   checkpoint_freq=cfg.train.checkpoint_freq, keep_last=cfg.train.keep_last,
-                  evaluator=cfg.test.evaluator, eval_memory_mb=cfg.test.eval_memory_mb)
+                  evaluator=cfg.test.evaluator, eval_memory_mb=cfg.test.eval_memory_mb,
+                  postprocess=PostProcess.from_config(cfg))
     if cfg.loss.name == "softmax":
         return ImageSoftmaxEngine(datamanager, model, optimizer, **common)
     triplet = dict(common, margin=cfg.loss.triplet.margin, weight_t=cfg.loss.triplet.weight_t,
