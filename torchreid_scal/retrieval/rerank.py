@@ -96,11 +96,11 @@ class KReciprocal:
         self.row_max = row_max
         nearest = exact_order(found, max(forward, min(k2, num)), squared,
                               lambda values, rows: values / row_max[rows, None], memory_mb)
-        members, weights = self._encodings(nearest[:, :forward], nearest[:, :half], found, squared)
-        self.encodings = self._expand(members, weights, nearest[:, :min(k2, num)].cpu().numpy(), num)
+        encodings = self._encodings(nearest[:, :forward], nearest[:, :half], found)
+        self.encodings = self._expand(encodings, nearest[:, :min(k2, num)].cpu().numpy())
 
-    def _encodings(self, forward: torch.Tensor, half: torch.Tensor, found, squared) -> Tuple[list, np.ndarray]:
-        """Per row, its k-reciprocal expansion set (ascending) and the weights exp(-d) / sum, in float32."""
+    def _encodings(self, forward: torch.Tensor, half: torch.Tensor, found) -> scipy.sparse.csr_matrix:
+        """V: per row, its k-reciprocal expansion set (ascending columns) with the weights exp(-d) / sum, float32."""
         num = len(forward)
         rows = torch.arange(num, device=forward.device)
         half_reciprocal = torch.cat([(half[half[r]] == r[:, None, None]).any(dim=2)
@@ -128,7 +128,8 @@ class KReciprocal:
             which = np.flatnonzero(counts_np == length)
             sums[which] = weights[starts[which, None] + np.arange(length)].sum(axis=1)
         weights = 1.0 * weights / sums[owner_np]
-        return [np.concatenate([[0], np.cumsum(counts_np)]), members.cpu().numpy()], weights
+        indptr = np.concatenate([[0], np.cumsum(counts_np)])
+        return scipy.sparse.csr_matrix((weights, members.cpu().numpy(), indptr), shape=(num, num))
 
     def _lookup(self, owner: torch.Tensor, members: torch.Tensor, found) -> torch.Tensor:
         """Squared distances of the pairs (owner, member): from the neighbour candidates where they are there,
@@ -147,12 +148,10 @@ class KReciprocal:
         return values
 
     @staticmethod
-    def _expand(members: list, weights: np.ndarray, nearest: np.ndarray, num: int) -> scipy.sparse.csr_matrix:
-        """V, then its mean over each row's k2 nearest rows (summed in their order, in float32, as NumPy's mean
-        over the first axis sums); kept as a sparse matrix with sorted columns."""
-        indptr, indices = members
-        encodings = scipy.sparse.csr_matrix((weights.astype(np.float32), indices, indptr), shape=(num, num))
-        k2 = nearest.shape[1]
+    def _expand(encodings: scipy.sparse.csr_matrix, nearest: np.ndarray) -> scipy.sparse.csr_matrix:
+        """V's mean over each row's k2 nearest rows (summed in their order, in float32, as NumPy's mean over the
+        first axis sums), a sparse matrix with sorted columns."""
+        num, k2 = encodings.shape[0], nearest.shape[1]
         if k2 == 1:
             return encodings
         pick = scipy.sparse.csr_matrix((np.ones(nearest.size, np.float32), nearest.ravel(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import mmap
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -85,7 +86,20 @@ class ChunkedDistances:
 
     def _rows(self, rows: slice) -> torch.Tensor:
         block = in_memory(self.gallery[rows], self.device)
+        self._release(rows)
         return F.normalize(block, dim=1) if self.normalize or self.metric == "cosine" else block
+
+    def _release(self, rows: slice) -> None:
+        """Let go of a memory-mapped chunk's pages once copied (they stay in the OS's file cache), so that the
+        process's resident memory stays at a chunk however large the gallery file."""
+        mapped = getattr(self.gallery, "_mmap", None)
+        if mapped is None or not hasattr(mapped, "madvise"):
+            return
+        base = self.gallery.offset % mmap.ALLOCATIONGRANULARITY  # where np.memmap's mapping puts row 0
+        start = (base + rows.start * self.gallery.strides[0]) // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = min(len(mapped), base + rows.stop * self.gallery.strides[0])
+        if stop > start:
+            mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def _prepare(self, queries: torch.Tensor) -> torch.Tensor:
         queries = queries.float().to(self.device)
