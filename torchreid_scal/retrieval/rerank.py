@@ -41,7 +41,7 @@ def distance_block(features: torch.Tensor, metric: str) -> Callable[[slice, slic
     if metric == "cosine":
         unit = F.normalize(features, p=2, dim=1)
         return lambda rows, cols: torch.mm(unit[rows], unit[cols].t()).neg_().add_(1)
-    squared = features.pow(2).sum(dim=1)
+    squared = squared_norms(features)
 
     def block(rows: slice, cols: slice) -> torch.Tensor:
         dist = squared[rows, None] + squared[None, cols]
@@ -50,11 +50,18 @@ def distance_block(features: torch.Tensor, metric: str) -> Callable[[slice, slic
     return block
 
 
-def _pair_distances(features: torch.Tensor, metric: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distances of the row pairs (a[i], b[i]), in chunks."""
+def squared_norms(features: torch.Tensor) -> torch.Tensor:
+    """Each row's squared norm, as torchreid computes it (``pow(2).sum(dim=1)``), a few thousand rows at a time."""
+    return torch.cat([rows.pow(2).sum(dim=1) for rows in features.split(4096)])
+
+
+def _pair_distances(features: torch.Tensor, metric: str, a: torch.Tensor, b: torch.Tensor,
+                    memory_mb: float) -> torch.Tensor:
+    """Distances of the row pairs (a[i], b[i]), a chunk of pairs within ``memory_mb`` at a time."""
+    step = max(1, int(memory_mb * 2**20 // (16 * max(1, features.shape[1]))))
     out = []
-    for start in range(0, len(a), 65536):
-        x, y = features[a[start:start + 65536]], features[b[start:start + 65536]]
+    for start in range(0, len(a), step):
+        x, y = features[a[start:start + step]], features[b[start:start + step]]
         if metric == "cosine":
             out.append(1 - (F.normalize(x, dim=1) * F.normalize(y, dim=1)).sum(dim=1))
         else:
@@ -82,7 +89,7 @@ class KReciprocal:
         if k1 < 1 or k2 < 1:
             raise ValueError(f"k1 and k2 must be at least 1, got {k1} and {k2}")
         features = torch.cat([qf, gf]).float()
-        if not bool(torch.isfinite(features).all()):
+        if features.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(features))).all()):
             raise ValueError("the features hold NaN or infinite values: they cannot be re-ranked")
         self.num_q, self.num_g = len(qf), len(gf)
         self.lambda_value, self.memory_mb, self.metric = lambda_value, memory_mb, metric
@@ -144,7 +151,8 @@ class KReciprocal:
         values = torch.where(hit, known[place], torch.zeros_like(known[place]))
         miss = (~hit).nonzero().squeeze(1)
         if len(miss):
-            values[miss] = _pair_distances(self.features, self.metric, owner[miss], members[miss]).square_()
+            values[miss] = _pair_distances(self.features, self.metric, owner[miss], members[miss],
+                                           self.memory_mb).square_()
         return values
 
     @staticmethod
