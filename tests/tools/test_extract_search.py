@@ -107,6 +107,14 @@ def test_unreadable_images_are_listed_and_skipped_in_float16(demo, tmp_path, cap
     assert paths == [f"nested/{n}" for n in names if n != names[3]]
 
 
+def test_a_missing_checkpoint_stops_before_anything_is_written(demo, tmp_path, capsys):
+    run, images, _ = demo
+    status = run_tool(lambda: extract(run.cfg, str(tmp_path / "typo.pth"), str(images / "gallery"),
+                                      str(tmp_path / "out"), progress=False))
+    assert status == 5 and f"checkpoint not found: {tmp_path / 'typo.pth'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_features_of_another_checkpoint_are_never_overwritten(demo, tmp_path, capsys):
     run, images, reference = demo
     out = tmp_path / "out"

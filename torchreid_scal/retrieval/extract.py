@@ -116,17 +116,16 @@ def extract(cfg: CN, weights: str, images: str, output: str, device: str = "auto
     if dtype not in store.DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {list(store.DTYPES)}")
     root, paths = list_images(images)
+    target = _device(device, cfg)
+    model = load_inference_model(cfg, weights)  # a checkpoint that cannot be used stops before anything is written
     os.makedirs(output, exist_ok=True)
-    digest = store.file_sha256(weights) if os.path.isfile(weights) else ""
-    manifest = _start(output, weights, digest, root, paths, cfg, dtype)
+    manifest = _start(output, weights, store.file_sha256(weights), root, paths, cfg, dtype)
     if manifest.complete:
         print(f"{output}: all {manifest.count} images were extracted already ({manifest.rows} features)")
         return manifest
     if manifest.done:
         print(f"resuming {output} after {manifest.done} of {manifest.count} images")
-    target = _device(device, cfg)
-    model = load_inference_model(cfg, weights).to(
-        target, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
+    model = model.to(target, memory_format=torch.channels_last if cfg.model.channels_last else torch.preserve_format)
     precision = Precision(target, amp, key="--amp")
     dataset = ImageFiles(root, paths[manifest.done:], eval_transform(cfg), (cfg.data.height, cfg.data.width))
     loader = DataLoader(dataset, batch_size=batch_size or cfg.test.batch_size, num_workers=cfg.data.workers,
