@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision (bf16 on CPU and Ampere or later GPUs, else fp16 with loss scaling)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time extraction by each model exported to OpenVINO IR (CPU; needs openvino)")
     parser.add_argument("--json", default="", help="write the figures to this file")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--profile", choices=MODELS, help="print torch.profiler's table of one training step and exit")
@@ -153,10 +155,27 @@ def measure(names: Sequence[str], args, data) -> Dict[str, Dict[str, object]]:
         result[name]["train_step_s"] = times
     for engine in engines.values():
         engine.set_model_mode("eval")
-    for name, times in interleaved({n: extract(e) for n, e in engines.items()}, args.steps, args.warmup,
-                                   args.device).items():
-        result[name]["extract_s"] = times
+    jobs = {n: extract(e) for n, e in engines.items()}
+    if args.openvino:
+        jobs.update({f"{n}/openvino": openvino_extract(e.network, data["img"]) for n, e in engines.items()})
+    for name, times in interleaved(jobs, args.steps, args.warmup, args.device).items():
+        model, _, kind = name.partition("/")
+        result[model]["openvino_extract_s" if kind else "extract_s"] = times
     return result
+
+
+def openvino_extract(model, images: torch.Tensor) -> Callable[[], None]:
+    """Extraction by ``model`` exported to OpenVINO IR and compiled for the CPU, on ``images``."""
+    import copy
+    import tempfile
+
+    from torchreid_scal.export import export, openvino_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        cpu_model = copy.deepcopy(model).cpu().eval()
+        compiled = openvino_model(export(cpu_model, images[:2], folder, ["openvino"])["openvino"])
+    array = images.numpy()
+    return lambda: compiled(array)
 
 
 def profile_step(name: str, args, data) -> None:
@@ -243,6 +262,9 @@ def main(argv=None) -> None:
         "extract_images_per_s": {n: args.batch_size / statistics.median(r["extract_s"]) for n, r in raw.items()},
         "peak_mem_mb": {n: r["peak_mem_mb"] for n, r in raw.items()},
     }
+    if args.openvino:
+        figures["openvino_extract_images_per_s"] = {n: args.batch_size / statistics.median(r["openvino_extract_s"])
+                                                    for n, r in raw.items()}
     report = dict(figures, raw=raw, settings=vars(args), scal=scal_options(args.scal_variant), versions={
         "torch": torch.__version__, "torchvision": torchvision.__version__, "torchreid": _torchreid.VERSION,
         "torchreid_layout": _torchreid.LAYOUT, "torchreid_scal": torchreid_scal.__version__,
@@ -267,6 +289,10 @@ def main(argv=None) -> None:
                          f"{figures['extract_images_per_s'][ref] / ips:>22.3f}"
                          f"{mem / figures['peak_mem_mb'][ref]:>17.3f}")
         print(line)
+    if args.openvino:
+        print("extraction on the CPU, images/s: " + ", ".join(
+            f"{n} eager {figures['extract_images_per_s'][n]:.1f} / OpenVINO "
+            f"{figures['openvino_extract_images_per_s'][n]:.1f}" for n in raw))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

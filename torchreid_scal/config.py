@@ -121,6 +121,7 @@ def get_default_config() -> CN:
     cfg.data.load_train_targets = False
     cfg.data.skip_bad_images = False  # SCAL plugin: drop unreadable images (with a warning) instead of stopping
     cfg.data.check_images = False  # SCAL plugin: decode every image before training; stop naming the unreadable ones
+    cfg.data.camera_pattern = r"c(\d+)"  # SCAL plugin: camera number in a file name of a folders:ROOT dataset (one group)
 
     cfg.market1501 = CN()
     cfg.market1501.use_500k_distractors = False
@@ -201,6 +202,12 @@ def get_default_config() -> CN:
     cfg.test.amp = False  # SCAL plugin: mixed precision for feature extraction
     cfg.test.evaluator = "fast"  # SCAL plugin: fast (torchreid_scal.evaluation) | torchreid (its evaluate_rank)
     cfg.test.eval_memory_mb = 256  # SCAL plugin: working-memory budget of the fast evaluator's query chunks
+    cfg.test.rerank_k1 = 20  # SCAL plugin: k-reciprocal re-ranking (test.rerank): neighbours k1, k2 and weight lambda
+    cfg.test.rerank_k2 = 6
+    cfg.test.rerank_lambda = 0.3
+    cfg.test.query_expansion = False  # SCAL plugin: alpha-query expansion (fast-reid's AQE) before ranking
+    cfg.test.query_expansion_k = 5
+    cfg.test.query_expansion_alpha = 3.0
 
     cfg.scal = CN()  # SCAL: the method's own settings (the attention kind is chosen by model.name)
     cfg.scal.reduction = 16
@@ -370,6 +377,7 @@ def _check_model_name(name: str, models: Sequence[str]) -> None:
 def validate(cfg: CN) -> None:
     """Values that have the right type but cannot work, caught before any data is loaded."""
     from . import _torchreid
+    from .datasets import custom
 
     _choice("data.type", cfg.data.type, ["image"])
     _choice("loss.name", cfg.loss.name, ["softmax", "triplet", "scal"])
@@ -426,6 +434,20 @@ def validate(cfg: CN) -> None:
     for key in ("sources", "targets"):
         if not cfg.data[key]:
             raise ConfigError(f"config key data.{key} is empty: name at least one dataset, e.g. ['market1501']")
+        for name in cfg.data[key]:
+            custom.check_name(f"data.{key}", name)
+    custom.check_camera_pattern(cfg.data.camera_pattern)
+    _positive(cfg, "test.rerank_k1", "test.rerank_k2", "test.query_expansion_k")
+    if not 0 <= cfg.test.rerank_lambda <= 1:
+        raise ConfigError(f"config key test.rerank_lambda must be in [0, 1], got {cfg.test.rerank_lambda}")
+    if cfg.test.evaluator == "torchreid" and cfg.test.query_expansion:
+        raise ConfigError("test.query_expansion True needs test.evaluator fast: torchreid's evaluation has no query "
+                          "expansion")
+    defaults = get_default_config().test
+    changed = [k for k in ("rerank_k1", "rerank_k2", "rerank_lambda") if cfg.test[k] != defaults[k]]
+    if cfg.test.evaluator == "torchreid" and cfg.test.rerank and changed:
+        raise ConfigError(f"config key test.{changed[0]} needs test.evaluator fast: torchreid's evaluation re-ranks "
+                          "with its own k1 20, k2 6, lambda 0.3")
     if cfg.sampler.train_sampler == "RandomIdentitySampler" and cfg.train.batch_size % cfg.sampler.num_instances:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) must be a multiple of sampler.num_instances "

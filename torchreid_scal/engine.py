@@ -10,7 +10,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Dict, Iterable, List, NoReturn, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,10 +20,10 @@ from torch.nn import functional as F
 from . import _torchreid, distributed
 from .checkpoint import NonFiniteError, SafeCheckpointing, rng_state, set_rng_state, write_atomically
 from .datasets import DataError
-from .evaluation import (RankMetrics, count_valid_queries, distance_matrix, evaluate, evaluate_distances,
-                         rerank_distances)
+from .evaluation import RankMetrics, count_valid_queries, distance_matrix, evaluate, evaluate_distances, evaluate_rows
 from .precision import Precision
 from .preemption import Preempted, StopSignals, resumed_loader
+from .retrieval.postprocess import PostProcess
 
 
 EVALUATORS = ("fast", "torchreid")
@@ -42,12 +42,13 @@ class EngineMixin(SafeCheckpointing):
 
     def __init__(self, *args, amp: bool = False, test_amp: bool = False, channels_last: bool = False,
                  checkpoint_freq: int = 1, keep_last: int = 0, evaluator: str = "fast", eval_memory_mb: float = 256,
-                 model_name: str = "", **kwargs) -> None:
+                 model_name: str = "", postprocess: Optional[PostProcess] = None, **kwargs) -> None:
         if evaluator not in EVALUATORS:
             raise ValueError(f"evaluator {evaluator!r} is not one of {list(EVALUATORS)}")
         super().__init__(*args, **kwargs)
         self.evaluator = evaluator
         self.eval_memory_mb = eval_memory_mb
+        self.postprocess = postprocess or PostProcess(memory_mb=eval_memory_mb)
         self.device = torch.device("cuda" if self.use_gpu else "cpu")
         self.precision = Precision(self.device, amp, key="train.amp")
         self.test_precision = Precision(self.device, test_amp, key="test.amp")
@@ -276,7 +277,8 @@ class EngineMixin(SafeCheckpointing):
                        visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
                        ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False):
         """torchreid's ``_evaluate`` with :func:`evaluate`: the features stay on the device and are ranked in
-        chunks; a full distance matrix is built only for re-ranking or ranked pictures (``visrank``)."""
+        chunks, after query expansion and k-reciprocal re-ranking (``postprocess``) where asked for; a full distance
+        matrix is built only for ranked pictures (``visrank``)."""
         print("Extracting features from query set ...")
         qf, q_pids, q_camids = self._features(query_loader)
         print(f"Done, obtained {qf.size(0)}-by-{qf.size(1)} matrix")
@@ -286,19 +288,24 @@ class EngineMixin(SafeCheckpointing):
         if normalize_feature:
             print("Normalizing features with L2 norm ...")
             qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+        if self.postprocess.query_expansion:
+            print("Applying alpha-query expansion ...")
+            qf, gf = self.postprocess.expand(qf, gf)
         labels = (q_pids, g_pids, q_camids, g_camids)
         options = dict(max_rank=max(ranks), cuhk03=use_metric_cuhk03, memory_mb=self.eval_memory_mb)
         print(f"Computing CMC, mAP and mINP with metric={dist_metric} ...")
-        distmat = None
+        distmat = reranked = None
         if rerank:
             print("Applying person re-ranking ...")
-            distmat = rerank_distances(qf, gf, dist_metric)
-        elif visrank:
-            distmat = distance_matrix(qf, gf, dist_metric).cpu().numpy()
-        if distmat is None:
-            result = evaluate(qf, gf, *labels, dist_metric=dist_metric, **options)
-        else:
+            reranked = self.postprocess.rerank(qf, gf, dist_metric)
+        if visrank:
+            distmat = reranked.matrix() if reranked else distance_matrix(qf, gf, dist_metric).cpu().numpy()
+        if distmat is not None:
             result = evaluate_distances(distmat, *labels, **options)
+        elif reranked is not None:
+            result = evaluate_rows(reranked.rows, *reranked.shape, *labels, **options)
+        else:
+            result = evaluate(qf, gf, *labels, dist_metric=dist_metric, **options)
         print("** Results **")
         print(f"mAP: {result.mAP:.1%}")
         print(f"mINP: {result.mINP:.1%}")

@@ -26,13 +26,12 @@ gallery distance or index matrix never exists (unless one is passed in).
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, NamedTuple, Optional, Set, Union
+from typing import Callable, Dict, Iterator, NamedTuple, Optional, Set, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _torchreid
 
 BYTES_PER_PAIR = 56
 """Working memory per query-gallery pair of a chunk when every negative is a candidate: the distance, masks,
@@ -90,11 +89,11 @@ def distance_matrix(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean
 
 
 def rerank_distances(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean") -> np.ndarray:
-    """torchreid's k-reciprocal ``re_ranking`` on this module's distances. It needs the full query-gallery,
-    query-query and gallery-gallery matrices, so its memory grows with (Q + G)^2, not with the chunk."""
-    qf, gf = qf.float().cpu(), gf.float().cpu()
-    return _torchreid.utils.re_ranking(distance_matrix(qf, gf, metric).numpy(), distance_matrix(qf, qf, metric).numpy(),
-                                       distance_matrix(gf, gf, metric).numpy())
+    """The whole Q x G matrix of torchreid's k-reciprocal ``re_ranking`` (k1 20, k2 6, lambda 0.3) on this module's
+    distances, computed without its (Q + G)^2 matrices (:class:`torchreid_scal.retrieval.rerank.KReciprocal`)."""
+    from .retrieval.rerank import KReciprocal
+
+    return KReciprocal(qf, gf, metric=metric).matrix()
 
 
 def _sortable_bits(dist: torch.Tensor) -> torch.Tensor:
@@ -287,6 +286,15 @@ def evaluate(qf: torch.Tensor, gf: torch.Tensor, q_pids: Array, g_pids: Array, q
     qf = qf.float()
     return _rank(lambda rows: distances(qf[rows]), len(qf), len(gf), q_pids, g_pids, q_camids, g_camids,
                  gf.device, max_rank, cuhk03, memory_mb, seed, ranking_threads)
+
+
+def evaluate_rows(rows: Callable[[int, int], Array], num_q: int, num_g: int, q_pids: Array, g_pids: Array,
+                  q_camids: Array, g_camids: Array, max_rank: int = 50, cuhk03: bool = False, memory_mb: float = 256,
+                  seed: Optional[int] = None, ranking_threads: int = 1) -> RankMetrics:
+    """The same metrics from distances that ``rows(start, stop)`` gives for those queries (e.g. re-ranked ones
+    computed chunk by chunk), on the CPU: the Q x G matrix never exists."""
+    return _rank(lambda s: torch.as_tensor(rows(s.start, s.stop)), num_q, num_g, q_pids, g_pids, q_camids, g_camids,
+                 torch.device("cpu"), max_rank, cuhk03, memory_mb, seed, ranking_threads)
 
 
 def evaluate_distances(distmat: Array, q_pids: Array, g_pids: Array, q_camids: Array, g_camids: Array,

@@ -20,10 +20,12 @@ from .checkpoint import CheckpointError, load_weights
 from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
                      optimizer_kwargs)
 from .datasets import DATASETS, check_available, checked_datasets
+from .datasets.custom import register_custom
 from .datasets.demo import demo_options
 from .datasets.splits import diagnostic_dataset, fixed_batch
 from .engine import ImageSoftmaxEngine, ImageTripletEngine
 from .models import MODEL_FACTORIES
+from .retrieval.postprocess import PostProcess
 from .scal_engine import ImageSCALEngine, build_critics
 
 
@@ -40,7 +42,8 @@ def build_datamanager(cfg: CN, device: torch.device):
     with the checks of :func:`checked_datasets` on the lists it builds. Its train loader keeps its workers
     across epochs and, under torchrun, feeds this process its share of every P x K batch."""
     names = list(cfg.data.sources) + list(cfg.data.targets)
-    check_available(cfg.data.root, names, generated=list(DATASETS))
+    custom = register_custom(names, cfg.data.camera_pattern)
+    check_available(cfg.data.root, names, generated=list(DATASETS) + custom)
     # An evaluation draws no training batch: nothing checks that the training split can fill one (torchreid's
     # identity sampler would assert it).
     identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler" and not cfg.test.evaluate
@@ -134,7 +137,8 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, d
     common = dict(scheduler=scheduler, use_gpu=device.type == "cuda", label_smooth=cfg.loss.softmax.label_smooth,
                   amp=cfg.train.amp, test_amp=cfg.test.amp, channels_last=cfg.model.channels_last,
                   checkpoint_freq=cfg.train.checkpoint_freq, keep_last=cfg.train.keep_last,
-                  evaluator=cfg.test.evaluator, eval_memory_mb=cfg.test.eval_memory_mb, model_name=cfg.model.name)
+                  evaluator=cfg.test.evaluator, eval_memory_mb=cfg.test.eval_memory_mb, model_name=cfg.model.name,
+                  postprocess=PostProcess.from_config(cfg))
     if cfg.loss.name == "softmax":
         return ImageSoftmaxEngine(datamanager, model, optimizer, **common)
     triplet = dict(common, margin=cfg.loss.triplet.margin, weight_t=cfg.loss.triplet.weight_t,

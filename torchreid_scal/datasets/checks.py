@@ -44,8 +44,9 @@ def check_available(root: str, names: Iterable[str], generated: Sequence[str] = 
     table = _torchreid.image_dataset_table()
     for name in names:
         if name not in table:
-            raise DatasetNotFoundError(f"unknown dataset {name!r} in data.sources/data.targets; "
-                                       f"available: {sorted(table)}")
+            raise DatasetNotFoundError(f"unknown dataset {name!r} in data.sources/data.targets; available: "
+                                       f"{sorted(n for n in table if ':' not in n)}, or your own images as "
+                                       "market:ROOT, folders:ROOT or csv:FILE")
         cls = table[name]
         folder = getattr(cls, "dataset_dir", None)
         if name in generated or not isinstance(folder, str):
