@@ -129,8 +129,9 @@ def test_report_only_tabulates_the_finished_runs_and_trains_nothing(tmp_path):
         directory.mkdir(parents=True)
         (directory / "run.json").write_text(json.dumps(dict(record(variant, seed, m_ap, 30.0),
                                                             per_query=per_query([m_ap / 100]))))
-    result = ablate("no-such-main.py", "cfg.yaml", str(tmp_path), ["attention", "scal_paper"], [1, 2, 3],
+    result = ablate("no-such-main.py", "cfg.yaml", str(tmp_path), ["attention", "scal_paper", "bnneck"], [1, 2, 3],
                     train=False, log=lambda line: None)
+    assert list(result["summary"]) == ["attention", "scal_paper"]  # bnneck has no finished run
     assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("attention", 1), ("attention", 2),
                                                                      ("scal_paper", 1)]
     assert result["summary"]["scal_paper"]["vs_reference"]["mAP"]["diffs"] == [1.0]

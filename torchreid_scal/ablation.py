@@ -325,6 +325,8 @@ def ablate(main_py: str, config_file: str, output: str, variants: Sequence[str],
         records = [r for r in (finished(run_dir(output, v, s)) for s in seeds for v in variants) if r is not None]
         if not records:
             raise RuntimeError(f"no finished run of {list(variants)} with seeds {list(seeds)} in {output}")
+        variants = [v for v in variants if any(r["variant"] == v for r in records)]
+        reference = reference if reference in variants else None
     records.sort(key=lambda r: (list(variants).index(r["variant"]), r["seed"]))
     summary = aggregate(records, variants, reference)
     result = {"config_file": config_file, "overrides": list(overrides), "backbone": backbone,
