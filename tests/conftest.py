@@ -15,7 +15,7 @@ import torchreid_scal  # noqa: F401  (registers the models with torchreid)
 from torchreid_scal import _torchreid
 from torchreid_scal.config import load_config
 from torchreid_scal.datasets.demo import SCALDemo
-from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.scal_engine import ImageSCALEngine
 from torchreid_scal.models import StageCritics, create_model
 from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler
 
@@ -52,7 +52,7 @@ def trained_run(tmp_path_factory):
     on a busy CPU); the generated dataset is shared by the modules of a session."""
     root = tmp_path_factory.getbasetemp() / "reid-data"
     save_dir = str(tmp_path_factory.mktemp("run"))
-    opts = ["data.root", str(root), "data.height", str(HEIGHT), "data.width", str(WIDTH), "data.workers", "0"]
+    opts = ["data.root", str(root), "scal_demo.num_test_ids", "50", "data.height", str(HEIGHT), "data.width", str(WIDTH), "data.workers", "0"]
     train_cfg = load_config(DEMO, opts + ["data.save_dir", save_dir, "train.batch_size", "8",
                                           "sampler.num_instances", "2"])
     datamanager = build_datamanager(train_cfg, CPU)

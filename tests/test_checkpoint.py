@@ -5,6 +5,8 @@ import collections
 import os
 import pickle
 import re
+import time
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -177,6 +179,31 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint(tmp_path):
     assert any("skipping" in str(w.message) and "model.pth.tar-3" in str(w.message) for w in warned)
 
 
+def test_resume_auto_falls_back_when_latest_names_a_damaged_checkpoint(tmp_path):
+    finished_run(tmp_path)
+    newest = tmp_path / "model" / "model.pth.tar-3"
+    newest.write_bytes(b"not a checkpoint")
+    (tmp_path / "model" / "latest").write_text("model.pth.tar-3\n")
+    with pytest.warns(UserWarning) as warned:
+        assert TinyEngine().resume("auto", str(tmp_path)) == 2
+    messages = [str(w.message) for w in warned]
+    assert any(f"skipping {newest}, which latest names" in m for m in messages)
+    assert any(f"resuming from the newest checkpoint on disk, {tmp_path / 'model' / 'model.pth.tar-2'}" in m
+               for m in messages)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_checkpoints_get_the_permissions_of_the_umask(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        finished_run(tmp_path)
+    finally:
+        os.umask(before)
+    written = sorted((tmp_path / "model").iterdir())
+    assert [p.name for p in written] == ["latest", "model.pth.tar-1", "model.pth.tar-2"]
+    assert all(p.stat().st_mode & 0o777 == mode for p in written)
+
+
 def test_resume_auto_in_an_empty_directory_starts_at_epoch_1(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "latest").write_text("model.pth.tar-3\n")
@@ -225,6 +252,59 @@ def test_numpy_arrays_and_objects_stay_refused_with_the_reason(tmp_path):
     message = str(refused.value)
     assert "weights_only=True" in message and re.search(r"unsupported GLOBAL (os|posix)\.system", message, re.I)
     assert "\x1b" not in message and "\n" not in message and "add_safe_globals" not in message
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def numpy_scalar_checkpoint(path, spec: str, data=None) -> str:
+    """A torch checkpoint ``{'rank1': scalar(dtype(spec)[, data])}`` whose pickle is written by hand, the way a
+    crafted file can be: without the dtype's state and, when ``data`` is None, without the scalar's bytes."""
+    value = b"cnumpy._core.multiarray\nscalar\ncnumpy\ndtype\n" + _text(spec) + b"\x89\x88\x87R"
+    if data is None:
+        value += b"\x85R"
+    else:
+        value += b"c_codecs\nencode\n" + _text(data.decode("latin1")) + _text("latin1") + b"\x86R\x86R"
+    torchreid_style(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, content in entries:
+            archive.writestr(name, b"\x80\x02}" + _text("rank1") + value + b"s." if name.endswith("data.pkl")
+                             else content)
+    return str(path)
+
+
+def test_a_crafted_numpy_scalar_cannot_allocate_memory(tmp_path):
+    """A 1 KB file whose scalar has a 256 MB void dtype: NumPy would allocate and zero all of it."""
+    path = numpy_scalar_checkpoint(tmp_path / "bomb.pth", f"V{2**28}")
+    assert os.path.getsize(path) < 1100
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(CheckpointError, match=f"refusing NumPy dtype 'V{2**28}': a checkpoint may hold NumPy "
+                                                  r"numbers \(booleans, integers, floats, complex\) only"):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**24 and time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("spec, data", [("U100", None), ("S8", b"12345678"), ("O", None), ("(4,)f8", None),
+                                        ("f8,i8", None), ("f8", None), ("f8", b"\x00" * 4), ("xyz", None)])
+def test_only_numpy_numbers_from_their_own_bytes_are_allowed(tmp_path, spec, data):
+    with pytest.raises(CheckpointError, match="refusing (NumPy dtype|a NumPy float64 scalar)"):
+        load_checkpoint(numpy_scalar_checkpoint(tmp_path / "x.pth", spec, data))
+
+
+@pytest.mark.parametrize("spec, value", [("f8", np.float64(0.625)), ("<f4", np.float32(0.5)), ("i8", np.int64(-7)),
+                                         ("u1", np.uint8(200)), ("b1", np.bool_(True)), ("c8", np.complex64(1j))])
+def test_hand_written_numpy_numbers_load(tmp_path, spec, value):
+    loaded = load_checkpoint(numpy_scalar_checkpoint(tmp_path / "x.pth", spec, value.tobytes()))["rank1"]
+    assert loaded == value and loaded.dtype == value.dtype
 
 
 def test_the_numpy_allowance_is_scoped_to_our_loads(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import time
 
 import pytest
 import torch
@@ -136,10 +137,22 @@ def test_command_line_overrides_and_friendly_coercions():
     (["train.optim", "sgd", "sgd.nesterov", "True", "sgd.momentum", "0"], "sgd.nesterov True needs sgd.momentum"),
     (["test.evaluator", "numpy"], "config key test.evaluator: 'numpy' is not one of ['fast', 'torchreid']"),
     (["test.eval_memory_mb", "0"], "config key test.eval_memory_mb must be > 0"),
+    (["data.height", "100000"], "config key data.height must be <= 1024 pixels, got 100000"),
+    (["data.width", "1025"], "config key data.width must be <= 1024 pixels, got 1025"),
+    (["data.k_tfm", "0"], "config key data.k_tfm must be > 0, got 0"),
 ])
 def test_bad_input_names_the_key(opts, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_config(SCAL_MARKET, opts)
+
+
+def test_paths_expand_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(SCAL_MARKET, ["data.save_dir", "~/runs/x", "data.root", "~/data", "model.resume", "auto",
+                                    "model.load_weights", "~/w.pth", "model.pretrained_path", "~/r50.pth"])
+    assert cfg.data.save_dir == str(tmp_path / "runs" / "x") and cfg.data.root == str(tmp_path / "data")
+    assert cfg.model.load_weights == str(tmp_path / "w.pth") and cfg.model.pretrained_path == str(tmp_path / "r50.pth")
+    assert cfg.model.resume == "auto"
 
 
 def test_bad_file_names_the_file_and_key(tmp_path):
@@ -182,6 +195,25 @@ def test_repeated_yaml_section_is_refused(tmp_path):
     path.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match=r"key 'lr' appears twice \(lines 2 and 3\)"):
         load_config(str(path))
+
+
+LAUGHS = "train:\n  open_layers:\n" + "".join(
+    f"    - &l{i} [" + ", ".join([f"*l{i - 1}" if i else "'lol'"] * 9) + "]\n" for i in range(9))
+"""A valid key holding nine lists of nine references to the previous one: 9**9 strings once expanded."""
+
+
+@pytest.mark.parametrize("text, line, alias", [
+    (LAUGHS, 4, "l0"),
+    ("base: &base\n  lr: 0.1\ntrain:\n  <<: *base\n", 4, "base"),
+    ("train:\n  stepsize: &s [20]\ntest:\n  ranks: *s\n", 4, "s"),
+], ids=["billion-laughs", "merge-key", "plain"])
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path, text, line, alias):
+    path = tmp_path / "alias.yaml"
+    path.write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"alias.yaml: line {line}: YAML alias \*{alias} refused") as refused:
+        load_config(str(path))
+    assert time.perf_counter() - started < 2 and len(str(refused.value)) < 300
 
 
 @pytest.mark.parametrize("text, hint", [("35e-5", "3.5e-4"), ("1e-3", "1.0e-3"), ("2E2", "2.0e+2")])

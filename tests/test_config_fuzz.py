@@ -1,6 +1,7 @@
-"""Random keys, types and values against the config loader and tools/main.py's argument handling: each
-input either loads or fails with the project's ConfigError (argparse's usage error for malformed flags), and
-a config that loads is usable by everything that reads it before the data is loaded."""
+"""Random keys, types and values against the config loader, tools/main.py's argument handling and the other tools'
+own arguments: each input either loads or fails with the project's ConfigError (argparse's usage error, exit 2, for
+malformed flags and option values), and what loads is usable by everything that reads it before the data is
+loaded."""
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +24,12 @@ from torchreid_scal.runner import build_scheduler
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 from main import configure  # noqa: E402
+import attention_report  # noqa: E402
+import benchmark  # noqa: E402
+import benchmark_eval  # noqa: E402
+import complexity  # noqa: E402
+import export  # noqa: E402
+import visualize_attention  # noqa: E402
 
 DEFAULTS = get_default_config()
 
@@ -181,3 +188,55 @@ def test_malformed_yaml(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(str(path))
+
+
+REQUIRED = ["--config-file", "c.yaml", "--weights", "w.pth"]
+TOOLS = {  # parse_args: (arguments it always gets, options drawn at random)
+    "export": (export.parse_args, REQUIRED + ["--output", "o"], ["--output", "--format"]),
+    "visualize_attention": (visualize_attention.parse_args, REQUIRED + ["--output", "o"],
+                            ["--output", "--images", "--num-images"]),
+    "attention_report": (attention_report.parse_args, REQUIRED + ["--output", "o"],
+                         ["--output", "--split", "--bins", "--examples", "--events"]),
+    "benchmark": (benchmark.parse_args, [], ["--batch-size", "--num-instances", "--height", "--width", "--steps",
+                                             "--warmup", "--models"]),
+    "complexity": (complexity.parse_args, [], ["--height", "--width", "--num-classes"]),
+    "benchmark_eval": (benchmark_eval.parse_args, ["--eval", "market1501"],
+                       ["--dim", "--memory-mb", "--ranking-threads", "--scale", "--seed"]),
+}
+MINIMUM = {"batch_size": 1, "num_instances": 1, "height": 1, "width": 1, "steps": 1, "warmup": 0, "num_classes": 1,
+           "num_images": 1, "bins": 1, "examples": 0, "dim": 1, "ranking_threads": 1}
+tool_values = st.one_of(st.integers(-3, 3000).map(str), st.text(max_size=6),
+                        st.sampled_from(["", "0", "-1", "x", "1.5", "nan", "inf", "1e400", "FILE", "FOLDER",
+                                         "MISSING", "FILE/sub", "resnet50", "train"]))
+
+
+@FUZZ
+@given(st.sampled_from(sorted(TOOLS)).flatmap(
+    lambda name: st.tuples(st.just(name), st.lists(st.tuples(st.sampled_from(TOOLS[name][2]), tool_values),
+                                                   max_size=4))))
+def test_tool_arguments(tmp_path_factory, drawn):
+    """Each tool's options with random values: argparse's usage error, or values the tool can use."""
+    name, pairs = drawn
+    parse, argv, _ = TOOLS[name]
+    folder = tmp_path_factory.mktemp("args")
+    (folder / "file").write_text("")
+    paths = {"FILE": str(folder / "file"), "FOLDER": str(folder), "MISSING": str(folder / "missing")}
+    for option, value in pairs:
+        for placeholder, path in paths.items():
+            value = value.replace(placeholder, path)
+        argv = argv + [option, value]
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            args = parse(argv)
+        except SystemExit as exit:
+            assert exit.code == 2
+            return
+    for key, minimum in MINIMUM.items():
+        value = getattr(args, key, minimum)
+        assert value is None or (isinstance(value, int) and value >= minimum), (key, value)
+    assert getattr(args, "height", 1) <= 1024 and getattr(args, "width", 1) <= 1024
+    output = getattr(args, "output", None)
+    assert output is None or (output and (os.path.isdir(output) or not os.path.lexists(output)))
+    for key in ("images", "events"):
+        assert getattr(args, key, None) is None or os.path.isdir(getattr(args, key))
+    assert 0 < getattr(args, "memory_mb", 1) < float("inf")

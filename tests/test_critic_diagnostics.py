@@ -7,8 +7,8 @@ from torch import nn
 
 from conftest import HEIGHT, WIDTH
 from torchreid_scal.critic_diagnostics import _shared_direction, diagnose_critics
-from torchreid_scal.models import StageCritics, create_model
-from torchreid_scal.models.scal_resnet import frozen_bn_stats
+from torchreid_scal.models import CompatibleCritics, StageCritics, create_model
+from torchreid_scal.models.network import frozen_bn_stats
 
 CLASSES = 5
 
@@ -144,3 +144,23 @@ def test_heldout_correlation_of_a_critic_that_knows_the_reward_is_one(setup):
     critics = StageCritics(model.attention, model.stage_channels, [0])
     critics.critics["0"] = Told(3.0 * reward + 1.0)
     assert diagnose_critics(model, critics, images, pids)["critic_heldout_corr"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_exact_compatible_critic_of_the_last_channel_stage_is_aligned():
+    """With channel attention, d log p_y / dA_4 = GAP(X_4) * gamma/sigma * (w_y - sum_j p_j w_j) in eval mode:
+    a compatible critic whose class embedding is gamma/sigma * w holds that exactly."""
+    model = create_model("resnet50_scal_channel", CLASSES, loss="triplet", pretrained=False, height=HEIGHT, width=WIDTH)
+    neck = model.bottleneck
+    with torch.no_grad():
+        neck.weight.uniform_(0.5, 2.0)
+        neck.running_var.uniform_(0.5, 2.0)
+        neck.running_mean.normal_()
+        model.classifier.weight.normal_(std=0.01)  # unsaturated probabilities: no image's gradient vanishes
+    images, pids = torch.randn(6, 3, HEIGHT, WIDTH), torch.tensor([0, 1, 2, 3, 4, 0])
+    critics = CompatibleCritics("channel", model.stage_channels, [3, 4], CLASSES)
+    with torch.no_grad():
+        scale = neck.weight / (neck.running_var + neck.eps).sqrt()
+        critics.critics["4"].embedding.copy_(model.classifier.weight * scale)
+    stats = diagnose_critics(model, critics, images, pids)
+    assert stats["alignment_stage4"] == pytest.approx(1.0, abs=1e-4)
+    assert abs(stats["alignment_stage3"]) < 1e-6  # a zero embedding: no direction at all

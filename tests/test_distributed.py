@@ -19,7 +19,7 @@ from conftest import HEIGHT, WIDTH
 from torchreid_scal.checkpoint import save_checkpoint
 from torchreid_scal.config import ConfigError
 from torchreid_scal.distributed import DistributedIdentitySampler, convert_sync_batchnorm, wrap
-from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.scal_engine import ImageSCALEngine
 from torchreid_scal.models import create_model
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -120,7 +120,7 @@ def torchrun(tmp_path, *opts: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          os.path.join(REPO, "tools", "main.py"), "--config-file", os.path.join(REPO, "configs", "scal_demo.yaml"),
-         "data.root", str(tmp_path / "data"), "data.save_dir", str(tmp_path / "log"), "data.height", "64",
+         "data.root", str(tmp_path / "data"), "scal_demo.num_test_ids", "50", "data.save_dir", str(tmp_path / "log"), "data.height", "64",
          "data.width", "32", "data.workers", "0", "train.max_epoch", "1", "train.warmup_epochs", "0",
          "train.print_freq", "2", *opts],
         capture_output=True, text=True, timeout=900, env=env, cwd=REPO,

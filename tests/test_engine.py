@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import torchreid_scal.engine as engine_module
+import torchreid_scal.scal_engine as engine_module
 from conftest import HEIGHT, NUM_CLASSES, WIDTH
 from torchreid_scal.checkpoint import NonFiniteError, latest_checkpoint
-from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.scal_engine import ImageSCALEngine
 from torchreid_scal.models import create_model
 from torchreid_scal.rewards import Rewards
 
@@ -46,7 +46,8 @@ def group_of(name: str) -> str:
 
 
 def snapshot(engine: ImageSCALEngine):
-    params = {("critics", n): p.detach().clone() for n, p in engine.critics.named_parameters()}
+    critics = engine.critics.named_parameters() if engine.critics is not None else ()
+    params = {("critics", n): p.detach().clone() for n, p in critics}
     params.update({(group_of(n), n): p.detach().clone() for n, p in engine.model.named_parameters()})
     return params
 
@@ -68,62 +69,96 @@ def run_objectives(engine, pick):
 ZERO = torch.zeros(())
 
 
-GROUNDING = [{}, {"critic_counterfactual": True, "critic_explore_std": 0.5}]
+COMPATIBLE = {"critic_form": "compatible", "critic_explore_std": 0.5}
+CRITICS = [{}, COMPATIBLE, dict(COMPATIBLE, critic_target="logp")]
 
 
-@pytest.mark.parametrize("grounding", GROUNDING)
-def test_mse_alone_moves_only_the_critics(grounding):
-    changed = run_objectives(make_engine(**grounding), lambda e, l: (ZERO, l.mse))
+@pytest.mark.parametrize("form", CRITICS)
+def test_mse_alone_moves_only_the_critics(form):
+    changed = run_objectives(make_engine(**form), lambda e, l: (ZERO, l.mse))
     assert changed == {"critics"}
 
 
-@pytest.mark.parametrize("grounding", GROUNDING)
+@pytest.mark.parametrize("form", [*CRITICS, {"critic_form": "oracle"}])
 @pytest.mark.parametrize("variant", ["resnet50_scal_channel", "resnet50_scal_spatial"])
-def test_critic_loss_alone_moves_only_the_agents(variant, grounding):
-    changed = run_objectives(make_engine(variant, **grounding), lambda e, l: (e.critic_weight * l.critic, ZERO))
+def test_critic_loss_alone_moves_only_the_agents(variant, form):
+    engine = make_engine(variant, **form)
+    for name, p in (engine.critics.named_parameters() if engine.critics is not None else ()):
+        if name.endswith(("embedding", "shared")):  # zero at first: the compatible critic knows no direction yet
+            torch.nn.init.normal_(p, std=0.1)
+    changed = run_objectives(engine, lambda e, l: (e.critic_weight * l.critic, ZERO))
     assert changed == {"agents"}
 
 
-def test_counterfactual_regresses_the_all_ones_map_on_the_no_attention_reward(monkeypatch):
-    engine = make_engine(critic_counterfactual=True)
-    seen = {}
-    real = engine_module.compute_rewards
-
-    def recording(logits, plain_logits, labels):
-        seen.setdefault("calls", []).append((logits, plain_logits))
-        return real(logits, plain_logits, labels)
-
-    monkeypatch.setattr(engine_module, "compute_rewards", recording)
+def test_oracle_moves_each_agent_along_the_true_class_log_probability_gradient():
+    """J_ora's gradient on agent k's parameters equals the chain rule through A'_k = agent_k(X_k) of
+    -mean_k d sum_i log p_true(i) / dA_k, with that gradient taken from the training pass."""
+    engine = make_engine(critic_form="oracle")
     data = batch()
     losses = engine.compute_losses(data["img"], data["pid"])
-    (att, plain), (first, second) = seen["calls"]
-    assert first is plain and second is att  # the second reward is the no-attention pass's own
-    own = real(plain, att, data["pid"]).total
+    assert losses.mse is None and losses.values is None and losses.rewards is None
+    agent_grads = torch.autograd.grad(losses.critic, list(engine.network.agents[4].parameters()))
+
+    out = engine.model(data["img"], return_stages=True)
+    log_p = out.logits.log_softmax(dim=1).gather(1, data["pid"].view(-1, 1)).sum()
+    g = torch.autograd.grad(log_p, out.maps)
+    a = engine.network.agents[4](out.features[4].detach())
+    expected = torch.autograd.grad(-(a * g[4]).flatten(1).sum(dim=1).mean() / 5,
+                                   list(engine.network.agents[4].parameters()))
+    for got, want in zip(agent_grads, expected):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-9)
+
+
+def test_behaviour_pass_leaves_the_training_pass_and_the_global_generators_alone():
+    """The compatible critics' behaviour noise comes from the engine's own generator: the training pass's
+    outputs, and what the global generator draws next, are those of a run without it."""
+    data = batch()
+    calm, explored = make_engine(), make_engine(**COMPATIBLE)
+    explored.network.load_state_dict(calm.network.state_dict())
+    torch.manual_seed(5)
+    first = calm.compute_losses(data["img"], data["pid"]).logits
+    after_calm = torch.rand(3)
+    torch.manual_seed(5)
+    second = explored.compute_losses(data["img"], data["pid"]).logits
+    assert torch.equal(first, second)
+    assert torch.equal(torch.rand(3), after_calm)
+
+
+def test_behaviour_offsets_are_noise_in_logit_space_at_critic_stages_only():
+    engine = make_engine(critic_stages=[1, 3], **COMPATIBLE)
+    data = batch()
     with torch.no_grad():
         out = engine.model(data["img"], return_stages=True)
-        ones = engine.critics([x.float() for x in out.features], [a.float() for a in out.maps], ones=True)
-    expected = torch.cat([(ones.values - losses.rewards.total).square(), (ones.ones_values - own).square()], 1)
-    assert torch.allclose(losses.mse, expected.mean(), atol=1e-6)
+    behaviour = engine.behaviour(data["img"], out.features[0], out.maps)
+    for k, offset in enumerate(behaviour.offsets):
+        if k in (1, 3):
+            assert offset.abs().max() > 0
+        else:
+            assert torch.equal(offset, torch.zeros_like(offset))
+    assert not torch.equal(behaviour.logits, out.logits)
 
 
-def test_exploration_perturbs_the_training_maps_in_logit_space_only():
-    engine = make_engine(critic_explore_std=0.5)
-    a = torch.tensor([[0.01, 0.5, 0.99]])
-    noisy = engine.explore(0, a)
-    assert ((noisy > 0) & (noisy < 1)).all() and not torch.equal(noisy, a)
-    logit_shift = torch.special.logit(noisy) - torch.special.logit(a)
-    assert logit_shift.abs().max() < 5 * 0.5
-    data = batch()
-    torch.manual_seed(1)
-    first = engine.compute_losses(data["img"], data["pid"]).logits
-    torch.manual_seed(2)
-    second = engine.compute_losses(data["img"], data["pid"]).logits
-    assert not torch.allclose(first, second)
-    calm = make_engine()
-    torch.manual_seed(1)
-    first = calm.compute_losses(data["img"], data["pid"]).logits
-    torch.manual_seed(2)
-    assert torch.equal(first, calm.compute_losses(data["img"], data["pid"]).logits)
+def test_critics_are_seeded_apart_from_the_global_generator():
+    torch.manual_seed(3)
+    a = make_engine(critic_seed=7)
+    drawn = torch.rand(2)
+    torch.manual_seed(3)
+    torch.rand(100)
+    b = make_engine(critic_seed=7)
+    for (name, p), q in zip(a.critics.named_parameters(), b.critics.parameters()):
+        assert torch.equal(p, q), name
+    c = make_engine(critic_seed=8)
+    assert not all(torch.equal(p, q) for p, q in zip(a.critics.parameters(), c.critics.parameters()))
+    torch.manual_seed(3)
+    create_model("resnet50_scal_channel", NUM_CLASSES, loss="triplet", pretrained=False, height=HEIGHT, width=WIDTH)
+    assert torch.equal(torch.rand(2), drawn)  # building the critics drew nothing from the global generator
+
+
+@pytest.mark.parametrize("kwargs", [dict(critic_form="compatible"), dict(critic_explore_std=0.5),
+                                    dict(critic_form="oracle", critic_explore_std=0.5)])
+def test_exploration_belongs_to_the_compatible_critics_only(kwargs):
+    with pytest.raises(ValueError, match="critic_explore_std"):
+        make_engine(**kwargs)
 
 
 def test_triplet_and_cross_entropy_move_network_but_not_critics():

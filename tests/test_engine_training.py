@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_datamanager, tiny_scal_engine
-from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.scal_engine import ImageSCALEngine
 
 TINY = dict(num_train_ids=4, num_test_ids=3, train_per_id=4, gallery_per_id=3)
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchreid_scal import _torchreid
-from torchreid_scal.evaluation import (GalleryDistances, distance_matrix, evaluate, evaluate_distances,
-                                       rerank_distances)
+from torchreid_scal.evaluation import (GalleryDistances, count_valid_queries, distance_matrix, evaluate,
+                                       evaluate_distances, rerank_distances)
 
 rank = _torchreid.submodule("metrics.rank")
 
@@ -59,6 +59,33 @@ def reference_minp(distmat, q_pids, g_pids, q_cams, g_cams) -> float:
         if len(hits):
             inp.append(len(hits) / (hits[-1] + 1))
     return float(np.mean(inp))
+
+
+def reference_per_query(distmat, q_pids, g_pids, q_cams, g_cams):
+    """Each query's AP and the rank of its first true match among the remaining items (NaN and 0 without one),
+    by sorting its row: the textbook definitions."""
+    ap, first = np.full(len(q_pids), np.nan), np.zeros(len(q_pids), dtype=np.int64)
+    for q in range(len(q_pids)):
+        order = np.argsort(distmat[q], kind="stable")
+        order = order[(g_pids[order] != q_pids[q]) | (g_cams[order] != q_cams[q])]
+        hits = np.flatnonzero(g_pids[order] == q_pids[q])
+        if len(hits):
+            ap[q] = np.mean(np.arange(1, len(hits) + 1) / (hits + 1))
+            first[q] = hits[0] + 1
+    return ap, first
+
+
+@settings(max_examples=300, deadline=None)
+@given(problems(), st.sampled_from([1e-5, 1e-3, 64]))
+def test_per_query_ap_and_first_match_rank(problem, memory_mb):
+    valid, _, _ = protocol(*problem)
+    if not valid.any():
+        return
+    result = evaluate_distances(*problem, max_rank=1, memory_mb=memory_mb)
+    ap, first = reference_per_query(*problem)
+    np.testing.assert_allclose(result.ap, ap, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(result.first_match, first)
+    assert abs(np.nanmean(result.ap) - result.mAP) < 1e-12
 
 
 @settings(max_examples=300, deadline=None)
@@ -112,6 +139,16 @@ def test_equals_torchreids_compiled_evaluator(problem, cuhk03):
     result = evaluate_distances(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, cuhk03=cuhk03, seed=7)
     np.testing.assert_allclose(result.cmc, cmc, rtol=0, atol=1e-6)
     assert abs(result.mAP - mAP) < 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(problems())
+def test_the_valid_queries_are_those_the_protocol_evaluates(problem):
+    distmat, q_pids, g_pids, q_cams, g_cams = problem
+    valid, _, _ = protocol(*problem)
+    assert count_valid_queries(q_pids, q_cams, g_pids, g_cams) == int(valid.sum())
+    if valid.any():
+        assert evaluate_distances(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=1).num_valid == int(valid.sum())
 
 
 def test_minp_and_ap_by_hand():

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_datamanager, tiny_scal_engine
 from torchreid_scal import _torchreid
 from torchreid_scal.cli import run_tool
-from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.scal_engine import ImageSCALEngine
 from torchreid_scal.preemption import Preempted, StopSignals
 
 TINY = dict(num_train_ids=6, num_test_ids=3, train_per_id=4, gallery_per_id=3)

@@ -1,4 +1,5 @@
-"""The README's Python API example runs as written, against a checkpoint and the demo data it expects."""
+"""The documented Python API example (docs/distributed.md) runs as written, against a checkpoint and the demo data it
+expects."""
 from __future__ import annotations
 
 import os
@@ -11,17 +12,17 @@ from torchreid_scal.checkpoint import save_checkpoint
 from torchreid_scal.datasets.demo import SCALDemo
 from torchreid_scal.models import create_model
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "distributed.md")
 
 
-def readme_example() -> str:
-    text = open(README).read()
-    section = text[text.index("### Python API"):]
+def documented_example() -> str:
+    text = open(DOC).read()
+    section = text[text.index("## Python API"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_python_api_example(tmp_path):
-    code = readme_example()
+    code = documented_example()
     weights = re.search(r'model_path="([^"]+)"', code).group(1)
     model = create_model("resnet50_scal", 50, pretrained=False)
     save_checkpoint({"state_dict": model.state_dict(), "epoch": 1, "rank1": 0.0}, str(tmp_path / weights))

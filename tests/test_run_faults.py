@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from torchreid_scal import _torchreid, rundir, runner
+from torchreid_scal.checkpoint import NonFiniteError, save_checkpoint
 from torchreid_scal.config import ConfigError, load_config
+from torchreid_scal.datasets import DataError
 from torchreid_scal.datasets.demo import SCALDemo
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "configs", "scal_demo.yaml")
@@ -107,6 +109,26 @@ def test_stale_partial_checkpoints_are_removed_by_the_run_that_owns_the_director
     assert f"removed {stale}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "folder"])
+def test_a_lock_path_that_is_not_the_runs_own_file_is_never_written_through(data_root, tmp_path, monkeypatch, kind):
+    calls = no_training(monkeypatch)
+    save_dir, victim = tmp_path / "run", tmp_path / "precious.txt"
+    save_dir.mkdir()
+    victim.write_text("keep me")
+    lock = save_dir / rundir.LOCK
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "hardlink":
+        os.link(victim, lock)
+    else:
+        lock.mkdir()
+    expected = {"symlink": rf"a symbolic link \(to {victim}\)", "hardlink": r"a file with other names \(hard links\)",
+                "folder": "a folder"}[kind]
+    with pytest.raises(ConfigError, match=f"data.save_dir: {lock} is {expected}, not the run's lock file"):
+        runner.run(tiny(data_root, save_dir))
+    assert victim.read_text() == "keep me" and not calls
+
+
 @pytest.mark.parametrize("make, opts, message", [
     (lambda d: (d / "run").write_text(""), [], r"data.save_dir: cannot write to .*/run: it is a file"),
     (lambda d: (d / "run").mkdir() or (d / "run" / "model").write_text(""), [],
@@ -125,11 +147,86 @@ def test_unusable_output_or_data_locations_stop_before_any_work(data_root, tmp_p
     assert not calls
 
 
+def test_save_dir_under_the_home_folder_is_not_a_literal_tilde(data_root, tmp_path, monkeypatch):
+    calls = no_training(monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    runner.run(tiny(data_root, "~/x"))
+    assert calls and (tmp_path / "home" / "x" / rundir.LOCK).is_file() and not (tmp_path / "~").exists()
+
+
+def test_a_log_that_cannot_be_written_is_one_warning_and_the_run_goes_on(data_root, tmp_path, monkeypatch, capsys):
+    """/dev/full fails every write, as a full disk does."""
+    calls = []
+    monkeypatch.setattr(runner, "_run", lambda cfg: calls.append(print("line\n" * 2000, end="the end")))
+    runner.run(tiny(data_root, tmp_path), log_file="/dev/full")
+    captured = capsys.readouterr()
+    assert calls and captured.out == "line\n" * 2000 + "the end"
+    assert captured.err == ("warning: cannot write the log /dev/full (No space left on device); it ends here, the "
+                            "console shows the rest\n")
+
+
+def test_the_log_holds_every_line_printed_so_far(data_root, tmp_path, monkeypatch):
+    logged = []
+    log_file = tmp_path / "train.log"
+    monkeypatch.setattr(runner, "_run", lambda cfg: (print("first line"), logged.append(log_file.read_text())))
+    runner.run(tiny(data_root, tmp_path), log_file=str(log_file))
+    assert logged == ["first line\n"]
+
+
 def test_save_dir_where_nothing_can_be_written(data_root, monkeypatch):
     calls = no_training(monkeypatch)
     with pytest.raises(ConfigError, match="data.save_dir: cannot write to /proc/x"):
         runner.run(tiny(data_root, "/proc/x"))
     assert not calls
+
+
+def test_an_evaluation_is_not_refused_by_the_training_batch_checks(data_root, tmp_path, capsys):
+    """4 identities of 4 images cannot fill a batch of 16 identities x 8, but evaluating draws no batch."""
+    with pytest.warns(UserWarning, match="evaluating the model as initialised"):
+        runner.run(tiny(data_root, tmp_path, "test.evaluate", "True", "train.batch_size", "128",
+                        "sampler.num_instances", "8"))
+    assert "mAP:" in capsys.readouterr().out
+
+
+class SameCameraDemo(SCALDemo):
+    """``scal_demo`` whose gallery keeps, of each identity, only the images of its query's camera: no query has a
+    match that the protocol counts."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        camera = {pid: camid for _, pid, camid, *_ in self.query}
+        self.gallery = [item for item in self.gallery if camera.get(item[1]) == item[2]]
+        if kwargs.get("mode") == "gallery":
+            self.data = self.gallery
+
+
+@pytest.mark.parametrize("evaluator", ["fast", "torchreid"])
+def test_a_test_set_without_a_valid_query_is_one_line(data_root, tmp_path, capsys, evaluator):
+    _torchreid.image_dataset_table()["scal_demo_same_camera"] = functools.partial(SameCameraDemo, **TINY_DATASET)
+    cfg = tiny(data_root, tmp_path, "test.evaluate", "True", "test.evaluator", evaluator,
+               "data.targets", "['scal_demo_same_camera']")
+    with pytest.warns(UserWarning, match="as initialised"), pytest.raises(
+            DataError, match=r"dataset scal_demo_same_camera: none of its 3 queries has a gallery image of its identity "
+                             r"from another camera \(3 gallery images\)"):
+        runner.run(cfg)
+    out = capsys.readouterr().out
+    assert "Extracting features" not in out and "mAP" not in out
+
+
+@pytest.mark.parametrize("evaluator", ["fast", "torchreid"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30])
+def test_non_finite_features_stop_before_any_metric(data_root, tmp_path, capsys, evaluator, value):
+    cfg = tiny(data_root, tmp_path, "test.evaluate", "True", "test.evaluator", evaluator)
+    model = runner.build_model(cfg, TINY_DATASET["num_train_ids"])
+    with torch.no_grad():
+        model.conv1.weight.fill_(value)  # 1e30: finite features whose float32 distances overflow
+    weights = save_checkpoint({"state_dict": model.state_dict()}, str(tmp_path / "bad.pth"))
+    cfg = tiny(data_root, tmp_path, "test.evaluate", "True", "test.evaluator", evaluator, "model.load_weights", weights)
+    with pytest.raises(NonFiniteError, match=r"resnet18 gives non-finite features .* for \d+ of \d+ images of "
+                                             r"scal_demo_tiny, e.g. .*\.png; no metric was computed"):
+        runner.run(cfg)
+    assert "mAP" not in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import torch
 
 from torchreid_scal import _torchreid
 from torchreid_scal.config import load_config
-from torchreid_scal.engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
+from torchreid_scal.engine import ImageSoftmaxEngine, ImageTripletEngine
 from torchreid_scal.runner import build_datamanager, build_engine, build_model, build_scheduler, check_layers
+from torchreid_scal.scal_engine import ImageSCALEngine
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "configs", "scal_demo.yaml")
 CPU = torch.device("cpu")
@@ -21,7 +22,7 @@ def root(tmp_path_factory):
 
 
 def config(root, *opts):
-    return load_config(DEMO, ["data.root", root, "data.height", "64", "data.width", "32", *opts])
+    return load_config(DEMO, ["data.root", root, "scal_demo.num_test_ids", "50", "data.height", "64", "data.width", "32", *opts])
 
 
 def test_train_loader_keeps_its_workers_and_torchreids_sampler(root):
@@ -68,3 +69,21 @@ def test_backbone_configs_build_their_network_and_open_its_new_layers(name, back
         _torchreid.utils.open_specified_layers(model, list(cfg.train.open_layers))
         trainable = {n.split(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
         assert trainable == {"agents", "bottleneck", "classifier"}
+
+
+@pytest.mark.parametrize("form", ["paper", "compatible", "oracle"])
+def test_a_seed_gives_every_variant_the_same_global_random_stream(root, form):
+    """The SCAL engine's critics (and the compatible critics' behaviour noise) draw from generators of their
+    own: after building the engine the global generator is where the triplet engine leaves it, so runs of one
+    seed with and without critics sample the same batches and augmentations."""
+    def stream_after(loss, *opts):
+        cfg = config(root, "loss.name", loss, "model.name", "resnet50_scal", "data.workers", "0", *opts)
+        datamanager = build_datamanager(cfg, CPU)
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg, datamanager.num_train_pids)
+        optimizer = _torchreid.optim.build_optimizer(model, optim="adam", lr=3e-4)
+        build_engine(cfg, datamanager, model, optimizer, build_scheduler(cfg, optimizer), CPU)
+        return torch.rand(4)
+
+    explore = ["scal.critic_explore_std", "0.5"] if form == "compatible" else []
+    assert torch.equal(stream_after("scal", "scal.critic_form", form, *explore), stream_after("triplet"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from torchreid_scal.cli import run_tool
+from torchreid_scal.cli import at_least, existing_folder, output_folder, run_tool
 from torchreid_scal.config import load_config
 from torchreid_scal.datasets.splits import SPLITS
 from torchreid_scal.report import attention_report
@@ -27,13 +27,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="", help="YAML config the model was trained with")
     parser.add_argument("--weights", required=True, help="checkpoint written by the SCAL engine (model.pth.tar-N)")
-    parser.add_argument("--output", required=True, help="directory for report.json, report.html and pictures")
+    parser.add_argument("--output", required=True, type=output_folder,
+                        help="directory for report.json, report.html and pictures")
     parser.add_argument("--split", choices=SPLITS, default="train",
                         help="images to inspect (default: train; heldout: scal_demo's unseen images of training ids)")
-    parser.add_argument("--bins", type=int, default=5, help="bins of the reliability table")
-    parser.add_argument("--examples", type=int, default=2,
+    parser.add_argument("--bins", type=at_least(1), default=5, help="bins of the reliability table")
+    parser.add_argument("--examples", type=at_least(0), default=2,
                         help="highest- and lowest-scored images shown per reward value")
-    parser.add_argument("--events", default="", help="TensorBoard event directory (default: the run's save_dir)")
+    parser.add_argument("--events", type=existing_folder,
+                        help="TensorBoard event directory (default: the run's save_dir)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
     return parser.parse_args(argv)
 
@@ -41,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     return run_tool(lambda: attention_report(load_config(args.config_file, args.opts), args.weights, args.output,
-                                             args.split, args.bins, args.events or None, args.examples))
+                                             args.split, args.bins, args.events, args.examples))
 
 
 if __name__ == "__main__":

@@ -33,9 +33,12 @@ import torchvision
 
 import torchreid_scal
 from torchreid_scal import _torchreid
-from torchreid_scal.config import get_default_config
-from torchreid_scal.engine import ImageSCALEngine, ImageTripletEngine
+from torchreid_scal.ablation import VARIANTS
+from torchreid_scal.cli import at_least
+from torchreid_scal.config import MAX_IMAGE_SIDE, get_default_config
+from torchreid_scal.engine import ImageTripletEngine
 from torchreid_scal.models import DEFAULT_CFGS, MODEL_FACTORIES, attention_of, create_model
+from torchreid_scal.scal_engine import ImageSCALEngine
 
 import benchmark_eval  # tools/benchmark_eval.py, beside this script
 
@@ -50,32 +53,43 @@ def baseline_of(name: str) -> str:
     return f"{backbone}_bnneck" if backbone else ""
 
 
-def scal_options() -> Dict[str, object]:
-    """The critic settings a config that sets no ``scal.*`` key trains with: the benchmark times the default."""
-    scal = get_default_config().scal
+def scal_options(variant: str = "") -> Dict[str, object]:
+    """The critic settings SCAL trains with: a config's defaults, or with the ``scal.*`` keys of an ablation
+    ``variant`` (e.g. ``scal_oracle``)."""
+    cfg = get_default_config()
+    pairs = VARIANTS[variant] if variant else []
+    cfg.merge_from_list([item for key, value in zip(pairs[::2], pairs[1::2]) if key.startswith("scal.")
+                         for item in (key, value)])
+    scal = cfg.scal
     return dict(critic_weight=scal.critic_weight, critic_optim=scal.critic_optim, critic_lr=scal.critic_lr,
-                critic_stages=list(scal.critic_stages), critic_activation=scal.critic_activation,
-                critic_counterfactual=scal.critic_counterfactual, critic_explore_std=scal.critic_explore_std)
+                critic_form=scal.critic_form, critic_stages=list(scal.critic_stages),
+                critic_activation=scal.critic_activation, critic_explore_std=scal.critic_explore_std,
+                critic_target=scal.critic_target)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-instances", type=int, default=4)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="measured repetitions (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=at_least(1), default=16)
+    parser.add_argument("--num-instances", type=at_least(1), default=4)
+    parser.add_argument("--height", type=at_least(1, MAX_IMAGE_SIDE), default=256)
+    parser.add_argument("--width", type=at_least(1, MAX_IMAGE_SIDE), default=128)
+    parser.add_argument("--steps", type=at_least(1), default=5, help="measured repetitions (after --warmup)")
+    parser.add_argument("--warmup", type=at_least(0), default=2)
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision (bf16 on CPU and Ampere or later GPUs, else fp16 with loss scaling)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time extraction by each model exported to OpenVINO IR (CPU; needs openvino)")
     parser.add_argument("--json", default="", help="write the figures to this file")
     names = sorted(_torchreid.model_factory())
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=names, metavar="NAME",
                         help="any model of torchreid's table, e.g. osnet_x1_0_bnneck osnet_x1_0_scal")
     parser.add_argument("--profile", choices=names, metavar="NAME",
                         help="print torch.profiler's table of one training step and exit")
+    parser.add_argument("--scal-variant", default="", choices=["", *(v for v in VARIANTS if v.startswith("scal_"))],
+                        help="time the SCAL models with this ablation variant's scal.* settings (e.g. scal_oracle) "
+                             "instead of the config's defaults")
     parser.add_argument("--memory-of", choices=names, help=argparse.SUPPRESS)
     parser.add_argument("--eval", choices=sorted(benchmark_eval.SIZES),
                         help="benchmark evaluation (ranking) instead, at this test set's size; "
@@ -106,7 +120,7 @@ def build_engine(name: str, args, num_classes: int):
     datamanager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=num_classes, sources=["bench"])
     common = dict(use_gpu=device.type == "cuda", amp=args.amp, test_amp=args.amp, channels_last=args.channels_last)
     if attention_of(name):
-        return ImageSCALEngine(datamanager, model, optimizer, **scal_options(), **common)
+        return ImageSCALEngine(datamanager, model, optimizer, **scal_options(args.scal_variant), **common)
     return ImageTripletEngine(datamanager, model, optimizer, **common)
 
 
@@ -153,10 +167,27 @@ def measure(names: Sequence[str], args, data) -> Dict[str, Dict[str, object]]:
         result[name]["train_step_s"] = times
     for engine in engines.values():
         engine.set_model_mode("eval")
-    for name, times in interleaved({n: extract(e) for n, e in engines.items()}, args.steps, args.warmup,
-                                   args.device).items():
-        result[name]["extract_s"] = times
+    jobs = {n: extract(e) for n, e in engines.items()}
+    if args.openvino:
+        jobs.update({f"{n}/openvino": openvino_extract(e.network, data["img"]) for n, e in engines.items()})
+    for name, times in interleaved(jobs, args.steps, args.warmup, args.device).items():
+        model, _, kind = name.partition("/")
+        result[model]["openvino_extract_s" if kind else "extract_s"] = times
     return result
+
+
+def openvino_extract(model, images: torch.Tensor) -> Callable[[], None]:
+    """Extraction by ``model`` exported to OpenVINO IR and compiled for the CPU, on ``images``."""
+    import copy
+    import tempfile
+
+    from torchreid_scal.export import export, openvino_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        cpu_model = copy.deepcopy(model).cpu().eval()
+        compiled = openvino_model(export(cpu_model, images[:2], folder, ["openvino"])["openvino"])
+    array = images.numpy()
+    return lambda: compiled(array)
 
 
 def profile_step(name: str, args, data) -> None:
@@ -209,7 +240,7 @@ def child_peak_rss_mb(name: str, args) -> float:
     """Peak RSS of a fresh process that runs this model's training and extraction steps."""
     argv = ["--device", args.device, "--batch-size", str(args.batch_size), "--num-instances", str(args.num_instances),
             "--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
-            "--warmup", str(args.warmup), "--memory-of", name]
+            "--warmup", str(args.warmup), "--scal-variant", args.scal_variant, "--memory-of", name]
     argv += ["--amp"] * args.amp + ["--channels-last"] * args.channels_last
     out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
@@ -250,7 +281,10 @@ def main(argv=None) -> None:
         "extract_images_per_s": {n: args.batch_size / statistics.median(r["extract_s"]) for n, r in raw.items()},
         "peak_mem_mb": {n: r["peak_mem_mb"] for n, r in raw.items()},
     }
-    report = dict(figures, raw=raw, settings=vars(args), scal=scal_options(), versions={
+    if args.openvino:
+        figures["openvino_extract_images_per_s"] = {n: args.batch_size / statistics.median(r["openvino_extract_s"])
+                                                    for n, r in raw.items()}
+    report = dict(figures, raw=raw, settings=vars(args), scal=scal_options(args.scal_variant), versions={
         "torch": torch.__version__, "torchvision": torchvision.__version__, "torchreid": _torchreid.VERSION,
         "torchreid_layout": _torchreid.LAYOUT, "torchreid_scal": torchreid_scal.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
@@ -277,6 +311,10 @@ def main(argv=None) -> None:
         if TORCHREID_REFERENCE in raw:
             line += "".join(f"{report['vs_resnet50'][name][c]:>22.3f}" for c in columns)
         print(line)
+    if args.openvino:
+        print("extraction on the CPU, images/s: " + ", ".join(
+            f"{n} eager {figures['extract_images_per_s'][n]:.1f} / OpenVINO "
+            f"{figures['openvino_extract_images_per_s'][n]:.1f}" for n in raw))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -15,6 +15,12 @@ the engines evaluate) and then, on a full distance matrix built afterwards, ``ev
 evaluating (the high-water mark is reset once the features exist, where Linux allows it), with
 ``baseline_rss_mb`` the resident memory before evaluating (features, torch); for ``fast`` it covers
 ``evaluate`` only, not the full matrix of the ranking-only timing.
+
+``--rerank`` compares k-reciprocal re-ranking instead (k1 20, k2 6, lambda 0.3), each in a fresh process:
+``torchreid_rerank`` builds torchreid's three distance matrices (``distance_s``) and runs its ``re_ranking``
+(``rerank_s``), then ranks the result with the fast evaluator; ``bounded_rerank`` is
+:class:`torchreid_scal.retrieval.rerank.KReciprocal` from the features, its final distances evaluated query chunk by
+query chunk (``total_s`` covers everything from the features to the metrics for both).
 """
 from __future__ import annotations
 
@@ -30,7 +36,9 @@ from typing import Dict
 import torch
 
 from torchreid_scal import _torchreid
-from torchreid_scal.evaluation import distance_matrix, evaluate, evaluate_distances
+from torchreid_scal.cli import at_least, positive_float
+from torchreid_scal.evaluation import distance_matrix, evaluate, evaluate_distances, evaluate_rows
+from torchreid_scal.retrieval.rerank import KReciprocal
 
 SIZES = {  # test sets as torchreid loads them
     "market1501": dict(queries=3368, gallery=15913, ids=751, cameras=6, distractors=2798),
@@ -39,6 +47,7 @@ SIZES = {  # test sets as torchreid loads them
 NOISE = {"market1501": 0.95, "msmt17": 1.3}
 """Default image noise: synthetic mAP near a ResNet-50 baseline's (measured: 0.78 Market-1501, ~0.5 MSMT17)."""
 METHODS = ("torchreid_python", "torchreid_cython", "fast")
+RERANK_METHODS = ("torchreid_rerank", "bounded_rerank")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,15 +55,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval", required=True, choices=sorted(SIZES), help="whose test-set sizes")
     parser.add_argument("--json", default="", help="write the figures to this file")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, help="default: all (compiled where importable)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS + RERANK_METHODS,
+                        help="default: all (compiled where importable); with --rerank both re-rankings")
+    parser.add_argument("--rerank", action="store_true", help="benchmark k-reciprocal re-ranking instead")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink queries, gallery and identities (tests)")
-    parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
-    parser.add_argument("--memory-mb", type=float, default=256, help="the fast evaluator's chunk budget")
+    parser.add_argument("--dim", type=at_least(1), default=2048, help="feature dimension")
+    parser.add_argument("--memory-mb", type=positive_float, default=256, help="the fast evaluator's chunk budget")
     parser.add_argument("--ranking-threads", type=int, default=1,
                         help="the fast evaluator's ranking threads on the CPU (its default: 1)")
     parser.add_argument("--noise", type=float, help="image noise against identity spread (default: NOISE)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-method", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--run-method", choices=METHODS + RERANK_METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.noise is None:
         args.noise = NOISE[args.eval]
@@ -62,7 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--ranking-threads must be at least 1, got {args.ranking_threads}")
     if not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], got {args.scale}")
-    if args.methods is None:
+    if args.rerank:
+        args.methods = args.methods or list(RERANK_METHODS)
+        if set(args.methods) - set(RERANK_METHODS):
+            parser.error(f"--rerank compares {list(RERANK_METHODS)}")
+    elif args.methods is None:
         args.methods = [m for m in METHODS if m != "torchreid_cython" or _torchreid.compiled_evaluator() is not None]
     elif "torchreid_cython" in args.methods and _torchreid.compiled_evaluator() is None:
         parser.error("--methods torchreid_cython: torchreid's compiled ranking is not importable here")
@@ -118,12 +133,35 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def run_rerank(method: str, args, qf, gf, labels, report: Dict[str, object]):
+    """Re-rank and evaluate, timing the parts; return the metrics."""
+    options = dict(memory_mb=args.memory_mb, ranking_threads=args.ranking_threads)
+    start = time.perf_counter()
+    if method == "torchreid_rerank":
+        distances = [_torchreid.metrics.compute_distance_matrix(a, b).numpy() for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+        report["distance_s"] = time.perf_counter() - start
+        distmat = _torchreid.utils.re_ranking(*distances, k1=20, k2=6, lambda_value=0.3)
+        report["rerank_s"] = time.perf_counter() - start - report["distance_s"]
+        del distances
+        result = evaluate_distances(distmat, *labels, **options)
+    else:
+        reranker = KReciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, memory_mb=args.memory_mb)
+        report["rerank_s"] = time.perf_counter() - start  # every pair's work; the final rows come with the ranking
+        result = evaluate_rows(reranker.rows, *reranker.shape, *labels, **options)
+    report["total_s"] = time.perf_counter() - start
+    report["rank_s"] = report["total_s"] - report["rerank_s"] - report.get("distance_s", 0.0)
+    report["peak_rss_mb"] = rss_mb("VmHWM")
+    return result.cmc, result.mAP
+
+
 def run_method(method: str, args) -> Dict[str, object]:
     """One method's figures, in this (fresh) process."""
     qf, gf, q_pids, g_pids, q_cams, g_cams = synthetic_test_set(args)
     report: Dict[str, object] = {"features_mb": (qf.numel() + gf.numel()) * 4 / 2**20,
                                  "baseline_rss_mb": rss_mb("VmRSS"), "peak_reset": reset_peak_rss()}
-    if method == "fast":
+    if method in RERANK_METHODS:
+        cmc, mAP = run_rerank(method, args, qf, gf, (q_pids, g_pids, q_cams, g_cams), report)
+    elif method == "fast":
         start = time.perf_counter()
         options = dict(memory_mb=args.memory_mb, ranking_threads=args.ranking_threads)
         result = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, **options)
@@ -166,7 +204,7 @@ def main(argv=None) -> None:
         return
     options = ["--eval", args.eval, "--scale", str(args.scale), "--dim", str(args.dim), "--memory-mb",
                str(args.memory_mb), "--ranking-threads", str(args.ranking_threads), "--noise", str(args.noise),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed)] + ["--rerank"] * args.rerank
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.py")
     load = [os.getloadavg()[0]]
     raw = {}
@@ -177,7 +215,7 @@ def main(argv=None) -> None:
             sys.exit(f"benchmark of {method} failed:\n{child.stderr[-3000:]}")
         raw[method] = json.loads(child.stdout.strip().splitlines()[-1])
         load.append(os.getloadavg()[0])
-    reference = next((r for m, r in raw.items() if m != "fast"), {})
+    reference = next((r for m, r in raw.items() if m not in ("fast", "bounded_rerank")), {})
     report = {
         "rank_s": {m: r["rank_s"] for m, r in raw.items()},
         "peak_rss_mb": {m: r["peak_rss_mb"] for m, r in raw.items()},
@@ -189,10 +227,18 @@ def main(argv=None) -> None:
     }
     print(f"{args.eval}-sized evaluation: {report['sizes']}, dim {args.dim}; {report['cpu']}, "
           f"{report['threads']} threads; 1-min load {', '.join(f'{x:.1f}' for x in load)}")
-    print(f"{'method':<18}{'rank s':>9}{'total s':>9}{'peak RSS MB':>13}{'before MB':>11}{'mAP':>8}{'rank-1':>8}")
-    for method, r in raw.items():
-        print(f"{method:<18}{r['rank_s']:>9.2f}{r['total_s']:>9.2f}{r['peak_rss_mb']:>13.0f}"
-              f"{r['baseline_rss_mb']:>11.0f}{r['mAP']:>8.4f}{r['rank1']:>8.4f}")
+    if args.rerank:
+        print(f"{'method':<18}{'distances s':>12}{'re-rank s':>10}{'rank s':>8}{'total s':>9}{'peak RSS MB':>13}"
+              f"{'before MB':>11}{'mAP':>8}{'rank-1':>8}")
+        for method, r in raw.items():
+            print(f"{method:<18}{r.get('distance_s', 0.0):>12.2f}{r['rerank_s']:>10.2f}{r['rank_s']:>8.2f}"
+                  f"{r['total_s']:>9.2f}{r['peak_rss_mb']:>13.0f}{r['baseline_rss_mb']:>11.0f}{r['mAP']:>8.4f}"
+                  f"{r['rank1']:>8.4f}")
+    else:
+        print(f"{'method':<18}{'rank s':>9}{'total s':>9}{'peak RSS MB':>13}{'before MB':>11}{'mAP':>8}{'rank-1':>8}")
+        for method, r in raw.items():
+            print(f"{method:<18}{r['rank_s']:>9.2f}{r['total_s']:>9.2f}{r['peak_rss_mb']:>13.0f}"
+                  f"{r['baseline_rss_mb']:>11.0f}{r['mAP']:>8.4f}{r['rank1']:>8.4f}")
     if report["distance_s"] is not None:
         print(f"distance matrix (torchreid): {report['distance_s']:.2f} s")
     if args.json:

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from torchreid_scal import _torchreid
+from torchreid_scal.cli import at_least
+from torchreid_scal.config import MAX_IMAGE_SIDE
 from torchreid_scal.models import BACKBONES, StageCritics, create_model
 
 VARIANTS = ("_bnneck", "_scal_channel", "_scal_spatial")
@@ -29,14 +31,18 @@ class _WithCritics(nn.Module):
         return self.critics(out.features, out.maps)[0]
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", nargs="+", default=["resnet50"], choices=["all", *BACKBONES], metavar="NAME",
                         help=f"backbones to count, or all: {', '.join(BACKBONES)}")
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--num-classes", type=int, default=751)
-    args = parser.parse_args()
+    parser.add_argument("--height", type=at_least(1, MAX_IMAGE_SIDE), default=256)
+    parser.add_argument("--width", type=at_least(1, MAX_IMAGE_SIDE), default=128)
+    parser.add_argument("--num-classes", type=at_least(1), default=751)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     backbones = list(BACKBONES) if "all" in args.backbones else args.backbones
     size = (1, 3, args.height, args.width)
     count = _torchreid.utils.compute_model_complexity

@@ -4,7 +4,7 @@
 
 Trailing ``KEY VALUE`` pairs override the file (e.g. ``train.max_epoch 5 data.root /data``), as in
 torchreid's own scripts. Errors exit with a message naming the culprit and a status: 2 configuration,
-3 data, 4 non-finite loss, 5 checkpoint. SIGTERM, SIGUSR1 or SIGINT stop training after the step in progress
+3 data, 4 non-finite loss or features, 5 checkpoint. SIGTERM, SIGUSR1 or SIGINT stop training after the step in progress
 with a checkpoint (status 6; ``model.resume auto`` continues from that step); a second SIGINT stops at once (130).
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from torchreid_scal.cli import run_tool
+from torchreid_scal.cli import at_least, existing_folder, output_folder, run_tool
 from torchreid_scal.config import load_config
 from torchreid_scal.report import visualize
 
@@ -26,9 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="", help="YAML config the model was trained with")
     parser.add_argument("--weights", required=True, help="checkpoint written by the SCAL engine (model.pth.tar-N)")
-    parser.add_argument("--output", required=True, help="directory for the PNG rows and actmap/")
-    parser.add_argument("--images", default="", help="folder of images to use instead of the query split")
-    parser.add_argument("--num-images", type=int, default=None, help="at most this many images")
+    parser.add_argument("--output", required=True, type=output_folder, help="directory for the PNG rows and actmap/")
+    parser.add_argument("--images", type=existing_folder, help="folder of images to use instead of the query split")
+    parser.add_argument("--num-images", type=at_least(1), help="at most this many images")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
     return parser.parse_args(argv)
 
@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     return run_tool(lambda: visualize(load_config(args.config_file, args.opts), args.weights, args.output,
-                                      args.images or None, args.num_images))
+                                      args.images, args.num_images))
 
 
 if __name__ == "__main__":

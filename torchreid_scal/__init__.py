@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._torchreid import LAYOUT as TORCHREID_LAYOUT
 from .datasets import register_datasets
-from .engine import ImageSCALEngine
+from .scal_engine import ImageSCALEngine
 from .models import MODEL_FACTORIES, register_models
 
 __version__ = "0.1.0"

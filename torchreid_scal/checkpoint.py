@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import re
-import tempfile
+import secrets
 import warnings
 from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -49,6 +50,18 @@ TMP_PREFIX = ".tmp-"
 """Names of the temporary files :func:`write_atomically` renames into place."""
 
 
+def _new_temporary_file(directory: str) -> Tuple[int, str]:
+    """A new, empty ``TMP_PREFIX`` file in ``directory``, open for writing, with the permissions the umask gives any
+    new file (``tempfile.mkstemp`` makes it 0600: checkpoints renamed from it were unreadable to the group)."""
+    for _ in range(100):
+        path = os.path.join(directory, TMP_PREFIX + secrets.token_hex(8))
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {directory}")
+
+
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
     """Call ``write`` on a temporary file in ``path``'s directory, flush it to disk, then rename it over
     ``path``. A crash at any moment leaves either the old file or the new one; a failed write (a full disk, say)
@@ -57,7 +70,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
     tmp = ""
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+        fd, tmp = _new_temporary_file(directory)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -82,14 +95,58 @@ def save_checkpoint(state: Mapping[str, Any], path: str) -> str:
     return write_atomically(path, lambda f: torch.save(to_plain(dict(state)), f))
 
 
+NUMPY_NUMBER_KINDS = "biufc"
+"""NumPy dtype kinds a checkpoint may hold scalars of: booleans, integers, unsigned integers, floats and complex
+numbers, each at most 32 bytes. Other kinds (void, bytes, strings, objects, structured or sub-array dtypes) have a
+size the file chooses: NumPy's scalar reconstruction allocates and zeroes that size, so a 1 KB file could ask for
+gigabytes."""
+
+
+_NUMBERS_ONLY = "a checkpoint may hold NumPy numbers (booleans, integers, floats, complex) only"
+
+
+def _number_dtype(dtype: np.dtype, source: Any) -> np.dtype:
+    if dtype.kind not in NUMPY_NUMBER_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"refusing NumPy dtype {source!r}: {_NUMBERS_ONLY}")
+    return dtype
+
+
+def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    """``numpy.dtype`` as an unpickled checkpoint may call it: the dtype of a NumPy number, named by a type code
+    such as ``'f8'``, and nothing else."""
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise pickle.UnpicklingError(f"refusing NumPy dtype {spec!r}: {_NUMBERS_ONLY}")
+    try:
+        dtype = np.dtype(spec)
+    except TypeError as err:
+        raise pickle.UnpicklingError(f"refusing NumPy dtype {spec!r}: {err}") from None
+    return np.dtype(_number_dtype(dtype, spec), copy=True)  # a copy: unpickling then sets its byte order
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
+    """NumPy's scalar reconstruction for numbers only, from exactly their bytes."""
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"refusing a NumPy scalar of {type(dtype).__name__}: it needs a dtype")
+    _number_dtype(dtype, str(dtype))
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"refusing a NumPy {dtype} scalar: it needs {dtype.itemsize} bytes of data")
+    return _SCALAR(dtype, data)
+
+
+_SCALAR = np.float64(0).__reduce__()[0]
+
+
 def _numpy_scalar_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
-    """What unpickling a NumPy number needs, and nothing more: the function that rebuilds a scalar (under the
-    name this NumPy pickles it with and the other major version's: ``numpy._core`` was ``numpy.core`` before
-    NumPy 2), ``numpy.dtype``, and the dtype classes of booleans and numbers. Arrays and objects stay refused."""
-    scalar = np.float64(0).__reduce__()[0]
-    names = {f"{scalar.__module__}.{scalar.__name__}", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
-    kinds = {type(np.dtype(code)) for code in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]}
-    return [(scalar, name) for name in sorted(names)] + [np.dtype, *sorted(kinds, key=str)]
+    """What unpickling a NumPy number needs, and nothing more: NumPy's scalar reconstruction and ``numpy.dtype``,
+    each behind a guard that lets only numbers of :data:`NUMPY_NUMBER_KINDS` through (under the scalar function's
+    name in this NumPy and the other major version's: ``numpy._core`` was ``numpy.core`` before NumPy 2), and the
+    dtype classes of those numbers. Arrays and objects stay refused."""
+    names = {f"{_SCALAR.__module__}.{_SCALAR.__name__}", "numpy.core.multiarray.scalar",
+             "numpy._core.multiarray.scalar"}
+    codes = "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]
+    kinds = {type(np.dtype(code)) for code in codes}
+    return ([(_numpy_scalar, name) for name in sorted(names)] + [(_numpy_dtype, "numpy.dtype")]
+            + sorted(kinds, key=str))
 
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -215,22 +272,27 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
 
 def newest_checkpoint(save_dir: str) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
     """The checkpoint ``model.resume auto`` continues from, and its contents: the one ``latest`` names; when
-    ``latest`` is unusable, with a warning, the most recently written checkpoint file that loads. ``(None,
-    None)`` when there is none."""
+    ``latest`` is unusable or names a checkpoint that does not load, with a warning, the most recently written
+    checkpoint file that loads. ``(None, None)`` when there is none."""
     named = latest_checkpoint(save_dir)
     if named is not None:
-        return named, load_checkpoint(named)
+        try:
+            return named, load_checkpoint(named)
+        except CheckpointError as err:
+            warnings.warn(f"model.resume auto: skipping {named}, which {LATEST} names: {err}")
     directory = os.path.join(save_dir, "model")
     found = sorted(checkpoint_files(directory) + checkpoint_files(directory, mid_epoch=True),
                    key=lambda item: (os.stat(item[1]).st_mtime_ns, item[0]), reverse=True)
     for _, path in found:
+        if path == named:
+            continue
         try:
             state = load_checkpoint(path)
         except CheckpointError as err:
             warnings.warn(f"model.resume auto: skipping {path}: {err}")
             continue
         warnings.warn(f"model.resume auto: {os.path.join(save_dir, 'model', LATEST)} is missing or names no "
-                      f"checkpoint file; resuming from the newest checkpoint on disk, {path}")
+                      f"checkpoint file that loads; resuming from the newest checkpoint on disk, {path}")
         return path, state
     return None, None
 
@@ -267,6 +329,14 @@ class SafeCheckpointing:
     """Set by :meth:`resume` from a mid-epoch checkpoint: ``step`` (batches done), the random generators'
     states when the epoch began (``epoch_rng``) and at the interruption (``rng``), the engine's ``progress``."""
 
+    def engine_state(self) -> Dict[str, Any]:
+        """What the engine itself must carry over a resume beyond models and the global generators (e.g. a
+        generator of its own); tensors and plain types only."""
+        return {}
+
+    def load_engine_state(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`engine_state` returned."""
+
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> Optional[str]:
         """Write the checkpoint of ``epoch`` (0-based) on rank 0; every process waits for it."""
         return self._on_main_process(lambda: self._write_checkpoint(epoch, rank1, save_dir))
@@ -285,7 +355,8 @@ class SafeCheckpointing:
 
     def _write_checkpoint(self, epoch: int, rank1: float, save_dir: str,
                           position: Optional[Mapping[str, Any]] = None) -> str:
-        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state(), **(position or {})}
+        state: Dict[str, Any] = {"epoch": epoch + 1, "rank1": float(rank1), "rng": rng_state(),
+                                 "engine": self.engine_state(), **(position or {})}
         precision = getattr(self, "precision", None)
         if precision is not None:
             state["amp_scaler"] = precision.state_dict()
@@ -347,6 +418,7 @@ class SafeCheckpointing:
             precision.load_state_dict(state["amp_scaler"])
         if "rng" in state:
             set_rng_state(state["rng"])
+        self.load_engine_state(state.get("engine", {}))
         self.epoch = int(state["epoch"])
         self.resume_position = None
         where = f"next epoch {self.epoch + 1}"

@@ -1,8 +1,10 @@
 """What the command-line tools share: this package's errors become one line on stderr and an exit status."""
 from __future__ import annotations
 
+import argparse
+import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from .checkpoint import CheckpointError, NonFiniteError
 from .config import ConfigError
@@ -10,9 +12,9 @@ from .datasets import DataError
 from .preemption import Preempted
 
 EXIT_CODES = ((ConfigError, 2, "config error"), (DataError, 3, "data error"),
-              (NonFiniteError, 4, "training stopped"), (CheckpointError, 5, "checkpoint error"),
+              (NonFiniteError, 4, "stopped"), (CheckpointError, 5, "checkpoint error"),
               (Preempted, 6, "stopped"), (KeyboardInterrupt, 130, "interrupted"))
-"""Exit status per outcome: 2 configuration, 3 data, 4 non-finite loss, 5 checkpoint, 6 stopped by SIGTERM, SIGUSR1
+"""Exit status per outcome: 2 configuration, 3 data, 4 non-finite loss or features, 5 checkpoint, 6 stopped by SIGTERM, SIGUSR1
 or SIGINT after writing a checkpoint to resume from (``model.resume auto``), 130 a second SIGINT (no checkpoint)."""
 
 
@@ -37,3 +39,53 @@ def run_tool(job: Callable[[], None]) -> int:
         print(f"{label}: {message(err)}" if str(err) else label, file=sys.stderr)
         return status
     return 0
+
+
+def at_least(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in [minimum, maximum]; argparse's usage error names the option otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def existing_folder(text: str) -> str:
+    """An argparse ``type``: a folder that exists."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is {'a file' if os.path.lexists(text) else 'missing'}, "
+                                         "not a folder")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """An argparse ``type``: a folder to write into, existing or to be created (nothing is created here): not a
+    file, and in a place where this user may write."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path: give a folder for the outputs")
+    if os.path.lexists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder: give a folder for the outputs")
+    existing = os.path.abspath(text)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write to {text}: {existing} is not a writable folder")
+    return text

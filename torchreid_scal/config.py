@@ -7,7 +7,9 @@ import ast
 import contextlib
 import difflib
 import math
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+import os
+import reprlib
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -22,8 +24,16 @@ TRANSFORMS = ("random_flip", "random_crop", "random_patch", "color_jitter", "ran
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a mapping that repeats a key: SafeLoader silently keeps the last one,
-    so a second ``train:`` section would drop the first."""
+    """PyYAML's safe loader, refusing a mapping that repeats a key (SafeLoader silently keeps the last one, so a
+    second ``train:`` section would drop the first) and any alias (``*name``): nested aliases expand a few hundred
+    bytes into billions of values ("billion laughs"), which the merge then walks."""
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} refused (aliases can "
+                              "expand a small file into gigabytes): write the value out instead")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
         lines: Dict[Any, int] = {}
@@ -39,6 +49,44 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise ConfigError(f"key {key!r} appears twice (lines {first} and {line}); "
                                   "YAML would silently keep only the second: merge them into one")
         return super().construct_mapping(node, deep=deep)
+
+
+_UPSTREAM = {
+    "": "use_gpu",
+    "model": "name pretrained load_weights resume",
+    "data": "type root sources targets workers split_id height width combineall transforms k_tfm norm_mean norm_std "
+            "save_dir load_train_targets",
+    "market1501": "use_500k_distractors",
+    "cuhk03": "labeled_images classic_split use_metric_cuhk03",
+    "sampler": "train_sampler train_sampler_t num_instances num_cams num_datasets",
+    "video": "seq_len sample_method pooling_method",
+    "train": "optim lr weight_decay max_epoch start_epoch batch_size fixbase_epoch open_layers staged_lr new_layers "
+             "base_lr_mult lr_scheduler stepsize gamma print_freq seed",
+    "sgd": "momentum dampening nesterov",
+    "rmsprop": "alpha",
+    "adam": "beta1 beta2",
+    "loss": "name",
+    "loss.softmax": "label_smooth",
+    "loss.triplet": "margin weight_t weight_x",
+    "test": "batch_size dist_metric normalize_feature ranks evaluate eval_freq start_eval rerank visrank visrank_topk",
+}
+UPSTREAM_KEYS = frozenset(f"{section}.{name}" if section else name
+                          for section, names in _UPSTREAM.items() for name in names.split())
+"""The keys of upstream torchreid's ``scripts/default_config.py`` (and the top-level ``use_gpu`` its scripts set);
+every other key of :func:`get_default_config` is this package's, documented in docs/configuration.md."""
+
+
+def leaf_keys(node: CN, prefix: str = "") -> List[str]:
+    """The dotted names of every value (not section) in ``node``, in definition order."""
+    keys: List[str] = []
+    for name, value in node.items():
+        keys += leaf_keys(value, f"{prefix}{name}.") if isinstance(value, CN) else [f"{prefix}{name}"]
+    return keys
+
+
+def added_keys() -> List[str]:
+    """The keys this package adds to torchreid's configuration."""
+    return [key for key in leaf_keys(get_default_config()) if key not in UPSTREAM_KEYS]
 
 
 def get_default_config() -> CN:
@@ -73,6 +121,7 @@ def get_default_config() -> CN:
     cfg.data.load_train_targets = False
     cfg.data.skip_bad_images = False  # SCAL plugin: drop unreadable images (with a warning) instead of stopping
     cfg.data.check_images = False  # SCAL plugin: decode every image before training; stop naming the unreadable ones
+    cfg.data.camera_pattern = r"c(\d+)"  # SCAL plugin: camera number in a file name of a folders:ROOT dataset (one group)
 
     cfg.market1501 = CN()
     cfg.market1501.use_500k_distractors = False
@@ -80,6 +129,8 @@ def get_default_config() -> CN:
     cfg.cuhk03.labeled_images = False
     cfg.cuhk03.classic_split = False
     cfg.cuhk03.use_metric_cuhk03 = False
+    cfg.scal_demo = CN()  # SCAL plugin: the generated demo dataset
+    cfg.scal_demo.num_test_ids = 1000  # identities of its test split (one query and six gallery images each)
 
     cfg.sampler = CN()
     cfg.sampler.train_sampler = "RandomSampler"
@@ -147,10 +198,16 @@ def get_default_config() -> CN:
     cfg.test.rerank = False
     cfg.test.visrank = False
     cfg.test.visrank_topk = 10
-    cfg.test.feature = "bn"  # SCAL: retrieval feature of the resnet50_scal family, bn | pool
+    cfg.test.feature = "bn"  # SCAL: retrieval feature of the SCAL networks, bn | pool
     cfg.test.amp = False  # SCAL plugin: mixed precision for feature extraction
     cfg.test.evaluator = "fast"  # SCAL plugin: fast (torchreid_scal.evaluation) | torchreid (its evaluate_rank)
     cfg.test.eval_memory_mb = 256  # SCAL plugin: working-memory budget of the fast evaluator's query chunks
+    cfg.test.rerank_k1 = 20  # SCAL plugin: k-reciprocal re-ranking (test.rerank): neighbours k1, k2 and weight lambda
+    cfg.test.rerank_k2 = 6
+    cfg.test.rerank_lambda = 0.3
+    cfg.test.query_expansion = False  # SCAL plugin: alpha-query expansion (fast-reid's AQE) before ranking
+    cfg.test.query_expansion_k = 5
+    cfg.test.query_expansion_alpha = 3.0
 
     cfg.scal = CN()  # SCAL: the method's own settings (the attention kind is chosen by model.name)
     cfg.scal.reduction = 16
@@ -161,8 +218,9 @@ def get_default_config() -> CN:
     cfg.scal.critic_warmup_epochs = 0
     cfg.scal.critic_stages = [0, 1, 2, 3, 4]
     cfg.scal.critic_activation = "relu"  # hidden non-linearity of the critics: relu | leaky_relu | silu
-    cfg.scal.critic_counterfactual = False  # also regress the all-ones map on the no-attention pass's reward
-    cfg.scal.critic_explore_std = 0.0  # noise (logit space) on the agents' maps in training; 0 = deterministic
+    cfg.scal.critic_form = "paper"  # what J_cri's gradient comes from: paper | compatible | oracle (no critic)
+    cfg.scal.critic_explore_std = 0.0  # compatible critics: noise (logit space) of the behaviour pass's maps
+    cfg.scal.critic_target = "reward"  # compatible critics regress the change of: reward (R) | logp (log p_true)
     cfg.scal.diagnostic_images = 64  # held-out images scored by the critic diagnostics after each epoch (0 = off)
     return cfg
 
@@ -175,8 +233,13 @@ def _decode(text: str) -> Any:
         return text
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 3
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    """``value`` for an error message: its repr, shortened (a list of a million items stays one line), and type."""
+    return f"{_SHORT.repr(value)} ({type(value).__name__})"
 
 
 def _yaml_float(text: str) -> str:
@@ -242,6 +305,13 @@ def _nest(key: str, value: Any) -> Dict[str, Any]:
     return node
 
 
+PATH_KEYS = ("data.root", "data.save_dir", "model.load_weights", "model.resume", "model.pretrained_path")
+"""Keys naming files or folders: a leading ``~`` is the user's home, as in a shell (``model.resume auto`` stays)."""
+MAX_IMAGE_SIDE = 1024
+"""Largest ``data.height`` / ``data.width``: re-identification crops are a few hundred pixels (256x128 is usual), and
+memory grows with the image, that of the spatial agents' layers with the square of its area."""
+
+
 def load_config(config_file: str = "", opts: Sequence[str] = (), base: Optional[CN] = None) -> CN:
     """Defaults, then ``config_file`` (YAML), then ``opts`` (``KEY VALUE`` pairs); validated and frozen."""
     cfg = (base or get_default_config()).clone()
@@ -269,6 +339,10 @@ def load_config(config_file: str = "", opts: Sequence[str] = (), base: Optional[
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"malformed config key {key!r}: expected dotted names such as train.lr")
         _merge(cfg, _nest(key, _decode(text)))
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        if cfg[section][name] != "auto":
+            cfg[section][name] = os.path.expanduser(cfg[section][name])
     validate(cfg)
     cfg.freeze()
     return cfg
@@ -309,6 +383,7 @@ def _check_model_name(name: str, models: Sequence[str]) -> None:
 def validate(cfg: CN) -> None:
     """Values that have the right type but cannot work, caught before any data is loaded."""
     from . import _torchreid
+    from .datasets import custom
     from .models import BACKBONES, DEFAULT_CFGS, attention_of
 
     _choice("data.type", cfg.data.type, ["image"])
@@ -322,11 +397,17 @@ def validate(cfg: CN) -> None:
     _choice("train.lr_scheduler", cfg.train.lr_scheduler, _torchreid.optim.lr_scheduler.AVAI_SCH)
     _choice("sampler.train_sampler", cfg.sampler.train_sampler, _torchreid.data.sampler.AVAI_SAMPLERS)
     _positive(cfg, "train.batch_size", "test.batch_size", "sampler.num_instances", "data.height", "data.width",
-              "train.lr", "scal.reduction", "scal.critic_lr", "train.print_freq", "test.eval_memory_mb")
+              "train.lr", "scal.reduction", "scal.critic_lr", "train.print_freq", "test.eval_memory_mb",
+              "scal_demo.num_test_ids")
     _positive(cfg, "train.max_epoch", "train.start_epoch", "train.warmup_epochs", "scal.critic_warmup_epochs",
               "scal.critic_weight", "data.workers", "train.weight_decay", "loss.triplet.weight_t",
               "loss.triplet.weight_x", "train.fixbase_epoch", "train.checkpoint_freq", "train.keep_last",
               "scal.critic_explore_std", "scal.diagnostic_images", allow_zero=True)
+    _positive(cfg, "data.k_tfm")
+    for key in ("data.height", "data.width"):
+        if _value(cfg, key) > MAX_IMAGE_SIDE:
+            raise ConfigError(f"config key {key} must be <= {MAX_IMAGE_SIDE} pixels, got {_value(cfg, key)}: re-id "
+                              "crops are a few hundred pixels (256x128 is usual), and memory grows with the image")
     _check_model_name(cfg.model.name, list(_torchreid.model_factory()))
     backbone = DEFAULT_CFGS.get(cfg.model.name, {}).get("backbone")
     if backbone is not None and cfg.model.last_stride not in BACKBONES[backbone].last_strides():
@@ -365,6 +446,20 @@ def validate(cfg: CN) -> None:
     for key in ("sources", "targets"):
         if not cfg.data[key]:
             raise ConfigError(f"config key data.{key} is empty: name at least one dataset, e.g. ['market1501']")
+        for name in cfg.data[key]:
+            custom.check_name(f"data.{key}", name)
+    custom.check_camera_pattern(cfg.data.camera_pattern)
+    _positive(cfg, "test.rerank_k1", "test.rerank_k2", "test.query_expansion_k")
+    if not 0 <= cfg.test.rerank_lambda <= 1:
+        raise ConfigError(f"config key test.rerank_lambda must be in [0, 1], got {cfg.test.rerank_lambda}")
+    if cfg.test.evaluator == "torchreid" and cfg.test.query_expansion:
+        raise ConfigError("test.query_expansion True needs test.evaluator fast: torchreid's evaluation has no query "
+                          "expansion")
+    defaults = get_default_config().test
+    changed = [k for k in ("rerank_k1", "rerank_k2", "rerank_lambda") if cfg.test[k] != defaults[k]]
+    if cfg.test.evaluator == "torchreid" and cfg.test.rerank and changed:
+        raise ConfigError(f"config key test.{changed[0]} needs test.evaluator fast: torchreid's evaluation re-ranks "
+                          "with its own k1 20, k2 6, lambda 0.3")
     if cfg.sampler.train_sampler == "RandomIdentitySampler" and cfg.train.batch_size % cfg.sampler.num_instances:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) must be a multiple of sampler.num_instances "
@@ -382,6 +477,12 @@ def validate(cfg: CN) -> None:
             raise ConfigError(f"loss.name scal needs an attention model (<backbone>_scal, _scal_channel or "
                               f"_scal_spatial, e.g. resnet50_scal); model.name is {cfg.model.name!r}")
         _choice("scal.critic_activation", cfg.scal.critic_activation, ["relu", "leaky_relu", "silu"])
+        _choice("scal.critic_form", cfg.scal.critic_form, ["paper", "compatible", "oracle"])
+        _choice("scal.critic_target", cfg.scal.critic_target, ["reward", "logp"])
+        if (cfg.scal.critic_form == "compatible") != (cfg.scal.critic_explore_std > 0):
+            raise ConfigError(f"config key scal.critic_explore_std is the noise of the compatible critics' behaviour "
+                              f"pass: set it > 0 with scal.critic_form compatible and 0 otherwise (got "
+                              f"{cfg.scal.critic_explore_std} with {cfg.scal.critic_form})")
         bad = [k for k in cfg.scal.critic_stages if not 0 <= k <= 4]
         if bad or not cfg.scal.critic_stages:
             raise ConfigError(f"config key scal.critic_stages must be a non-empty subset of [0, 1, 2, 3, 4], "

@@ -31,20 +31,21 @@ help nearly every image. The numbers depend only on the weights and the batch; t
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Union
 
 import torch
 import torch.nn.functional as F
 
 from .critic_metrics import pearson
-from .models import SCALResNet, StageCritics
-from .models.scal_resnet import frozen_bn_stats
+from .models import CompatibleCritics, CriticContext, SCALOutput, SCALNetwork, StageCritics
+from .models.network import frozen_bn_stats
 from .rewards import compute_rewards
 
 _EPS = 1e-12
+Critics = Union[StageCritics, CompatibleCritics]
 
 
-def _true_class_log_prob_grads(model: SCALResNet, images: torch.Tensor, pids: torch.Tensor):
+def _true_class_log_prob_grads(model: SCALNetwork, images: torch.Tensor, pids: torch.Tensor):
     """One pass of ``model`` as it is (eval mode, for per-image gradients) and ``d sum_i log p_true(i) / dA_k``
     for every stage k, in one backward.
 
@@ -65,12 +66,21 @@ def _true_class_log_prob_grads(model: SCALResNet, images: torch.Tensor, pids: to
     return out, [g.detach() for g in grads]
 
 
-def _value_grad(critic: torch.nn.Module, features: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``dV/dA`` of one stage's critic at ``(features, a)``, per image (values are per image)."""
+def _value_grads(critics: Critics, features: List[torch.Tensor], maps: List[torch.Tensor],
+                 context: CriticContext) -> Dict[int, torch.Tensor]:
+    """``dV_k/dA_k`` of every critic stage at ``(features, maps)``, per image (each ``V_k`` depends on its
+    own image and map only), indexed by stage."""
     with torch.enable_grad():
-        a = a.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(critic(features, a).float().sum(), a)
-    return grad
+        leaves = [a.detach().requires_grad_(True) for a in maps]
+        values = critics.score([x.detach() for x in features], leaves, context).float()
+        grads = torch.autograd.grad(values.sum(), [leaves[k] for k in critics.stages])
+    return dict(zip(critics.stages, grads))
+
+
+def _context(out: SCALOutput, pids: torch.Tensor) -> CriticContext:
+    """What a class-conditioned critic is given for a pass: the true classes, the pass's probabilities and its
+    maps as the reference."""
+    return CriticContext(pids, out.logits.detach().float().softmax(dim=1), [a.detach() for a in out.maps])
 
 
 def _shared_direction(grads: torch.Tensor) -> float:
@@ -83,7 +93,8 @@ def _shared_direction(grads: torch.Tensor) -> float:
 
 
 def _alive_share(critic: torch.nn.Module, features: torch.Tensor, a: torch.Tensor) -> float:
-    """Share of hidden units positive somewhere on this batch (NaN for a critic without ``hidden``)."""
+    """Share of hidden units positive somewhere on this batch (NaN for a critic without ``hidden``, such as
+    the compatible critic, whose gradient does not pass through hidden units)."""
     if not hasattr(critic, "hidden"):
         return float("nan")
     pre = critic.hidden(critic.encode(features), a).float()
@@ -92,7 +103,7 @@ def _alive_share(critic: torch.nn.Module, features: torch.Tensor, a: torch.Tenso
 
 
 @torch.no_grad()
-def diagnose_critics(model: SCALResNet, critics: StageCritics, images: torch.Tensor,
+def diagnose_critics(model: SCALNetwork, critics: Critics, images: torch.Tensor,
                      pids: torch.Tensor) -> Dict[str, float]:
     """``alignment``, ``shared``, ``agreement`` and ``alive`` per critic stage (``<name>_stage{k}``), their means
     over the stages (``critic_<name>``) and ``critic_heldout_corr``, on ``images`` whose ``pids`` are classes.
@@ -102,27 +113,27 @@ def diagnose_critics(model: SCALResNet, critics: StageCritics, images: torch.Ten
     try:
         model.eval()
         deployed, targets = _true_class_log_prob_grads(model, images, pids)
+        maps = [a.detach() for a in deployed.maps]  # A_k + 0
+        value_grads = _value_grads(critics, deployed.features, maps, _context(deployed, pids))
         model.train()
         with frozen_bn_stats(model):
             out = model(images, return_stages=True)
             plain = model(images, return_stages=True, use_attention=False, stem=out.features[0]).logits
         rewards = compute_rewards(out.logits, plain, pids)
         helped = rewards.amelioration.bool()
+        context = _context(out, pids)
+        with_maps = critics.score(out.features, out.maps, context).float()
+        without = critics.score(out.features, [torch.ones_like(a) for a in out.maps], context).float()
         stats: Dict[str, float] = {}
-        values = []
-        for k in critics.stages:
-            critic = critics.critics[str(k)]
-            grad = _value_grad(critic, deployed.features[k].detach(), deployed.maps[k].detach())  # A_k + 0
+        for row, k in enumerate(critics.stages):
+            grad = value_grads[k]
             cosine = F.cosine_similarity(grad.flatten(1).float(), targets[k].flatten(1).float(), dim=1, eps=_EPS)
-            x, a = out.features[k], out.maps[k]
-            with_map, without = critic(x, a).float(), critic(x, torch.ones_like(a)).float()
-            values.append(with_map)
-            agree = ((with_map > without) & helped) | ((with_map < without) & ~helped)
+            agree = (((with_maps[row] > without[row]) & helped) | ((with_maps[row] < without[row]) & ~helped))
             stats[f"alignment_stage{k}"] = float(cosine.mean())
             stats[f"shared_stage{k}"] = _shared_direction(targets[k])
             stats[f"agreement_stage{k}"] = float(agree.float().mean())
-            stats[f"alive_stage{k}"] = _alive_share(critic, x, a)
-        stats["critic_heldout_corr"] = float(pearson(torch.stack(values).mean(dim=0), rewards.total))
+            stats[f"alive_stage{k}"] = _alive_share(critics.critics[str(k)], out.features[k], out.maps[k])
+        stats["critic_heldout_corr"] = float(pearson(with_maps.mean(dim=0), rewards.total))
     finally:
         model.train(modes[0])
         critics.train(modes[1])

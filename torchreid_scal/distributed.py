@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from .config import ConfigError
-from .models.scal_resnet import BNNeck, SyncBNNeck
+from .models.head import BNNeck, SyncBNNeck
 
 
 class World(NamedTuple):

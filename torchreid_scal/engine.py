@@ -1,8 +1,7 @@
-"""ImageSCALEngine: torchreid's triplet engine plus SCAL's critics, rewards and critic losses.
+"""What every engine of this package shares, apart from any method: torchreid's softmax and triplet engines
+with safe checkpoints, preemption, mixed precision, channels-last inputs and the fast evaluator.
 
-One training step (``forward_backward``), top to bottom:
-forward with attention → the same weights without attention (no graph, BN statistics untouched) →
-rewards → the four losses, each routed to the parameters it may move → one backward, two optimizers.
+The SCAL step itself lives in :mod:`torchreid_scal.scal_engine`.
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,17 +18,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import _torchreid, distributed
-from .checkpoint import NonFiniteError, SafeCheckpointing, rng_state, set_rng_state
-from .critic_diagnostics import diagnose_critics
-from .critic_metrics import critic_summary, pearson
-from .evaluation import distance_matrix, evaluate, evaluate_distances, rerank_distances
-from .models import StageCritics
+from .checkpoint import NonFiniteError, SafeCheckpointing, rng_state, set_rng_state, write_atomically
+from .datasets import DataError
+from .evaluation import RankMetrics, count_valid_queries, distance_matrix, evaluate, evaluate_distances, evaluate_rows
 from .precision import Precision
 from .preemption import Preempted, StopSignals, resumed_loader
-from .rewards import Rewards, compute_rewards
+from .retrieval.postprocess import PostProcess
 
 
 EVALUATORS = ("fast", "torchreid")
+MAX_SQUARED_NORM = 2.0 ** 124
+"""Largest squared L2 norm of a feature: float32 distances ``|q|^2 + |g|^2 - 2 q.g`` of two such stay finite."""
 
 
 class EngineMixin(SafeCheckpointing):
@@ -38,16 +37,18 @@ class EngineMixin(SafeCheckpointing):
     the epoch, mixed precision for training (``amp``) and feature extraction (``test_amp``), channels-last
     inputs, the ``fast`` evaluator (:mod:`torchreid_scal.evaluation`, in chunks of ``eval_memory_mb``;
     ``evaluator='torchreid'`` keeps torchreid's), and a result printout that does not raise IndexError when the
-    gallery is smaller than the largest requested rank."""
+    gallery is smaller than the largest requested rank. Under both evaluators, a test set without a valid query
+    and non-finite features stop with one line (``model_name`` names the model) before any metric is printed."""
 
     def __init__(self, *args, amp: bool = False, test_amp: bool = False, channels_last: bool = False,
                  checkpoint_freq: int = 1, keep_last: int = 0, evaluator: str = "fast", eval_memory_mb: float = 256,
-                 **kwargs) -> None:
+                 model_name: str = "", postprocess: Optional[PostProcess] = None, **kwargs) -> None:
         if evaluator not in EVALUATORS:
             raise ValueError(f"evaluator {evaluator!r} is not one of {list(EVALUATORS)}")
         super().__init__(*args, **kwargs)
         self.evaluator = evaluator
         self.eval_memory_mb = eval_memory_mb
+        self.postprocess = postprocess or PostProcess(memory_mb=eval_memory_mb)
         self.device = torch.device("cuda" if self.use_gpu else "cpu")
         self.precision = Precision(self.device, amp, key="train.amp")
         self.test_precision = Precision(self.device, test_amp, key="test.amp")
@@ -57,6 +58,9 @@ class EngineMixin(SafeCheckpointing):
         self.save_dir = ""
         self.stop_signals = StopSignals()
         self._epoch_rng: Dict[str, Any] = {}
+        self.model_name = model_name or type(self.network).__name__
+        self._eval_dataset = ""
+        self._batch_paths: List[str] = []
 
     @property
     def network(self) -> nn.Module:
@@ -206,6 +210,7 @@ class EngineMixin(SafeCheckpointing):
 
     def parse_data_for_eval(self, data):
         imgs, pids, camids = super().parse_data_for_eval(data)
+        self._batch_paths = list(data.get("impath", ())) if isinstance(data, dict) else []
         return self._images(imgs), pids, camids
 
     def compute_loss(self, criterion, outputs, targets):
@@ -222,14 +227,40 @@ class EngineMixin(SafeCheckpointing):
         self.precision.backward_step(objective, optimizers)
 
     def extract_features(self, input: torch.Tensor) -> torch.Tensor:
+        """The network's features in float32; NonFiniteError naming the model, the dataset and an image when any is
+        NaN, infinite or too large for float32 distances (before, torchreid's evaluator printed metrics of them)."""
         with self.test_precision.autocast():
-            return self.network(input).float()
+            features = self.network(input).float()
+        bad = ~(features.square().sum(dim=1) <= MAX_SQUARED_NORM)  # NaN compares False
+        if bool(bad.any()):
+            paths = self._batch_paths
+            example = f", e.g. {paths[int(bad.nonzero()[0])]}" if len(paths) == len(bad) else ""
+            raise NonFiniteError(
+                f"{self.model_name} gives non-finite features (NaN, infinite, or a squared norm above 2^124 where "
+                f"float32 distances overflow) for {int(bad.sum())} of {len(bad)} images of "
+                f"{self._eval_dataset or 'the batch'}{example}; no metric was computed: check the weights "
+                "(model.load_weights) and, with test.amp, try without it")
+        return features
 
     def _evaluate(self, *args, ranks: Sequence[int] = (1, 5, 10, 20), gallery_loader=None, **kwargs):
+        self._eval_dataset = kwargs.get("dataset_name", "")
+        self._check_queries(kwargs.get("query_loader"), gallery_loader)
         size = len(gallery_loader.dataset)
         evaluate_with = super()._evaluate if self.evaluator == "torchreid" else self._evaluate_fast
         return evaluate_with(*args, ranks=[r for r in ranks if r <= size] or [1], gallery_loader=gallery_loader,
                              **kwargs)
+
+    def _check_queries(self, query_loader, gallery_loader) -> None:
+        """DataError when no query has a gallery image of its identity from another camera: nothing can be ranked
+        (both evaluators stopped with a traceback). Checked on the datasets' labels, before any feature is extracted."""
+        items = [getattr(getattr(loader, "dataset", None), "data", None) for loader in (query_loader, gallery_loader)]
+        if any(not isinstance(split, list) for split in items):
+            return
+        (query, gallery) = ([(item[1], item[2]) for item in split] for split in items)
+        if query and gallery and count_valid_queries(*zip(*query), *zip(*gallery)) == 0:
+            raise DataError(f"dataset {self._eval_dataset}: none of its {len(query)} queries has a gallery image of its "
+                            f"identity from another camera ({len(gallery)} gallery images), so there is nothing to rank; "
+                            "query and gallery must share identities seen by different cameras")
 
     def _features(self, loader):
         features, pids, camids = [], [], []
@@ -246,7 +277,8 @@ class EngineMixin(SafeCheckpointing):
                        visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
                        ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False):
         """torchreid's ``_evaluate`` with :func:`evaluate`: the features stay on the device and are ranked in
-        chunks; a full distance matrix is built only for re-ranking or ranked pictures (``visrank``)."""
+        chunks, after query expansion and k-reciprocal re-ranking (``postprocess``) where asked for; a full distance
+        matrix is built only for ranked pictures (``visrank``)."""
         print("Extracting features from query set ...")
         qf, q_pids, q_camids = self._features(query_loader)
         print(f"Done, obtained {qf.size(0)}-by-{qf.size(1)} matrix")
@@ -256,19 +288,24 @@ class EngineMixin(SafeCheckpointing):
         if normalize_feature:
             print("Normalizing features with L2 norm ...")
             qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+        if self.postprocess.query_expansion:
+            print("Applying alpha-query expansion ...")
+            qf, gf = self.postprocess.expand(qf, gf)
         labels = (q_pids, g_pids, q_camids, g_camids)
         options = dict(max_rank=max(ranks), cuhk03=use_metric_cuhk03, memory_mb=self.eval_memory_mb)
         print(f"Computing CMC, mAP and mINP with metric={dist_metric} ...")
-        distmat = None
+        distmat = reranked = None
         if rerank:
             print("Applying person re-ranking ...")
-            distmat = rerank_distances(qf, gf, dist_metric)
-        elif visrank:
-            distmat = distance_matrix(qf, gf, dist_metric).cpu().numpy()
-        if distmat is None:
-            result = evaluate(qf, gf, *labels, dist_metric=dist_metric, **options)
-        else:
+            reranked = self.postprocess.rerank(qf, gf, dist_metric)
+        if visrank:
+            distmat = reranked.matrix() if reranked else distance_matrix(qf, gf, dist_metric).cpu().numpy()
+        if distmat is not None:
             result = evaluate_distances(distmat, *labels, **options)
+        elif reranked is not None:
+            result = evaluate_rows(reranked.rows, *reranked.shape, *labels, **options)
+        else:
+            result = evaluate(qf, gf, *labels, dist_metric=dist_metric, **options)
         print("** Results **")
         print(f"mAP: {result.mAP:.1%}")
         print(f"mINP: {result.mINP:.1%}")
@@ -277,6 +314,9 @@ class EngineMixin(SafeCheckpointing):
             print(f"Rank-{r:<3}: {result.cmc[r - 1]:.1%}")
         if result.num_skipped:
             print(f"{result.num_skipped} queries without a match in another camera were skipped")
+        if self.save_dir:  # evaluation runs on rank 0 only
+            write_per_query(os.path.join(self.save_dir, f"{PER_QUERY_PREFIX}{dataset_name}.csv"), query_loader.dataset,
+                            q_pids, q_camids, result)
         if self.writer is not None:
             self.writer.add_scalar(f"Test/{dataset_name}/mINP", result.mINP, self.epoch)
         if visrank:
@@ -285,6 +325,20 @@ class EngineMixin(SafeCheckpointing):
                 width=self.datamanager.width, height=self.datamanager.height,
                 save_dir=os.path.join(save_dir, "visrank_" + dataset_name), topk=visrank_topk)
         return float(result.cmc[0]), result.mAP
+
+
+PER_QUERY_PREFIX = "per_query-"
+"""``data.save_dir/per_query-<dataset>.csv``: each query's AP and first-match rank from the latest evaluation."""
+
+
+def write_per_query(path: str, dataset, pids: torch.Tensor, camids: torch.Tensor, result: RankMetrics) -> None:
+    """One row per query, in query order (its image, pid, camid, average precision and the rank of its first
+    true match; an empty AP and rank 0 for a query without a match in another camera), written atomically."""
+    items = getattr(dataset, "data", None) or [("",)] * len(pids)
+    lines = ["query,pid,camid,ap,first_match"]
+    for item, pid, camid, ap, first in zip(items, pids.tolist(), camids.tolist(), result.ap, result.first_match):
+        lines.append(f"{os.path.basename(str(item[0]))},{pid},{camid},{'' if np.isnan(ap) else f'{ap:.6f}'},{first}")
+    write_atomically(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 class ImageSoftmaxEngine(EngineMixin, _torchreid.engine.ImageSoftmaxEngine):
@@ -329,198 +383,3 @@ def _float(outputs):
 
 def _accuracy(logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
     return _torchreid.metrics.accuracy(logits.detach().float(), pids)[0]
-
-
-class SCALLosses(NamedTuple):
-    """The terms of one step. ``model_objective`` and ``critic_objective`` are what gets minimised."""
-
-    triplet: torch.Tensor
-    classification: torch.Tensor
-    critic: torch.Tensor
-    mse: torch.Tensor
-    model_objective: torch.Tensor
-    critic_objective: torch.Tensor
-    rewards: Rewards
-    values: torch.Tensor
-    logits: torch.Tensor
-
-
-class ImageSCALEngine(ImageTripletEngine):
-    """Self-critical attention learning on top of torchreid's ``ImageTripletEngine``.
-
-    Takes the triplet engine's arguments plus the critic's: ``critic_weight`` (``w_c``), its optimizer
-    and scheduler (or ``critic_optim``/``critic_lr`` to build an optimizer with torchreid's builder),
-    ``critic_warmup_epochs`` (the agents follow the critic from that epoch on), ``critic_stages`` and
-    ``critic_activation``; ``critics`` may be given ready-made (with an optimizer and scheduler built on them).
-    How the critics learn ``dV/dA``: ``critic_counterfactual`` also regresses each image's all-ones map (no
-    attention) on the reward of the no-attention pass, and ``critic_explore_std`` perturbs the agents' maps of
-    the training pass in logit space (a behaviour policy around the agents', as in deterministic actor-critic
-    methods), so that the critics see, for similar features, maps that differ and rewards that follow.
-    ``diagnostic_batch`` (images, pids) are labelled images scored by :func:`diagnose_critics` after every
-    epoch. ``engine_options`` are :class:`EngineMixin`'s (``amp``, ``test_amp``, ``channels_last``,
-    ``checkpoint_freq``, ``keep_last``). The critics are registered as ``'critic'``: torchreid switches
-    their mode, steps their scheduler each epoch, and they are checkpointed with the model.
-    """
-
-    def __init__(
-        self,
-        datamanager,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        margin: float = 0.3,
-        weight_t: float = 1,
-        weight_x: float = 1,
-        scheduler=None,
-        use_gpu: bool = True,
-        label_smooth: bool = True,
-        critic_weight: float = 1.0,
-        critic_optimizer: Optional[torch.optim.Optimizer] = None,
-        critic_scheduler=None,
-        critic_optim: str = "adam",
-        critic_lr: float = 1e-4,
-        critic_warmup_epochs: int = 0,
-        critic_stages: Sequence[int] = (0, 1, 2, 3, 4),
-        critic_activation: str = "relu",
-        critic_counterfactual: bool = False,
-        critic_explore_std: float = 0.0,
-        critics: Optional[StageCritics] = None,
-        diagnostic_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-        **engine_options,
-    ) -> None:
-        super().__init__(datamanager, model, optimizer, margin=margin, weight_t=weight_t, weight_x=weight_x,
-                         scheduler=scheduler, use_gpu=use_gpu, label_smooth=label_smooth, **engine_options)
-        net = self.network
-        if len(getattr(net, "agents", ())) == 0:
-            raise ValueError(
-                f"ImageSCALEngine needs a model with attention agents (resnet50_scal*), got {type(net).__name__} "
-                "without agents; train resnet50_bnneck with loss.name 'triplet' instead"
-            )
-        if critics is None:
-            critics = StageCritics(net.attention, net.stage_channels, critic_stages,
-                                   activation=critic_activation).to(self.device)
-        critics = distributed.wrap(critics, self.device)
-        if critic_optimizer is None:
-            critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=critic_optim, lr=critic_lr,
-                                                                weight_decay=0.0)
-        self.critics = critics
-        self.critic_optimizer = critic_optimizer
-        self.critic_scheduler = critic_scheduler
-        self.critic_weight = critic_weight
-        self.critic_warmup_epochs = critic_warmup_epochs
-        self.counterfactual = critic_counterfactual
-        self.explore_std = critic_explore_std
-        self.diagnostic_batch = diagnostic_batch
-        self.register_model("critic", critics, critic_optimizer, critic_scheduler)
-        self._epoch_record: List[torch.Tensor] = []
-
-    @property
-    def critic_net(self) -> StageCritics:
-        """The critics themselves, unwrapped from DistributedDataParallel."""
-        return getattr(self.critics, "module", self.critics)
-
-    @property
-    def critic_active(self) -> bool:
-        """Whether the agents follow the critic (J_cri) in the current epoch."""
-        return self.epoch >= self.critic_warmup_epochs
-
-    def explore(self, k: int, a: torch.Tensor) -> torch.Tensor:
-        """The behaviour policy's map: the agent's ``a`` moved by Gaussian noise of ``explore_std`` in logit
-        space (so it stays in (0, 1)); gradients reach the agent through ``a``."""
-        logit = torch.special.logit(a.float(), eps=1e-6)
-        return torch.sigmoid(logit + self.explore_std * torch.randn_like(logit)).to(a.dtype)
-
-    def compute_losses(self, imgs: torch.Tensor, pids: torch.Tensor) -> SCALLosses:
-        """Every SCAL quantity of one batch; the gradient routing of the four losses lives here.
-
-        The network's two passes run in mixed precision when it is enabled; rewards, critics and losses in
-        float32."""
-        with self.precision.autocast():
-            out = self.model(imgs, return_stages=True, map_fn=self.explore if self.explore_std > 0 else None)
-            with torch.no_grad():  # the same weights without attention, from the shared stem output X_0
-                stem = out.features[0].detach()
-                plain_logits = self.model(imgs, return_stages=True, use_attention=False, stem=stem).logits
-        logits = out.logits.float()
-        rewards = compute_rewards(logits, plain_logits, pids)
-
-        # J_tri, J_cls → backbone, agents and head (torchreid's criteria, as its triplet engine computes them).
-        loss_t = self.compute_loss(self.criterion_t, out.feature, pids)
-        loss_x = self.compute_loss(self.criterion_x, logits, pids)
-
-        # J_mse → critics only: their inputs X_k, A_k are cut from the network's graph. With the counterfactual,
-        # the all-ones map of the same features is regressed on the no-attention pass's reward too.
-        # J_cri → agents only: A'_k = agent_k(X_k.detach()) keeps the backbone out, and the critics score A'_k
-        # with their weights held fixed, so that J_cri cannot move them (only after the critic warm-up).
-        features = [x.detach().float() for x in out.features]
-        maps = [a.detach().float() for a in out.maps]
-        agent_maps = [agent(x) for agent, x in zip(self.network.agents, features)] if self.critic_active else None
-        scored = self.critics(features, maps, agent_maps, ones=self.counterfactual)
-        errors = (scored.values - rewards.total).square()
-        if scored.ones_values is not None:
-            plain_rewards = compute_rewards(plain_logits, logits, pids)  # the no-attention pass's own reward
-            errors = torch.cat([errors, (scored.ones_values - plain_rewards.total).square()], dim=1)
-        loss_mse = errors.mean()
-        if scored.agent_values is not None:
-            loss_cri = -scored.agent_values.mean()
-        else:
-            loss_cri = -scored.values.detach().mean()  # reported during the warm-up, not optimised
-
-        model_objective = self.weight_t * loss_t + self.weight_x * loss_x
-        if self.critic_active:
-            model_objective = model_objective + self.critic_weight * loss_cri
-        return SCALLosses(loss_t, loss_x, loss_cri, loss_mse, model_objective, loss_mse, rewards, scored.values,
-                          logits)
-
-    def step(self, model_objective: torch.Tensor, critic_objective: torch.Tensor) -> None:
-        """One backward through both objectives (their graphs share no parameter), then both optimizers."""
-        self.update(model_objective + critic_objective)
-
-    def forward_backward(self, data: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        imgs, pids = self.parse_data_for_train(data)
-        losses = self.compute_losses(imgs, pids)
-        self.step(losses.model_objective, losses.critic_objective)
-        self._epoch_record.append(torch.cat([losses.values.detach(), torch.stack(losses.rewards)]))
-        value = losses.values.detach().mean(dim=0)
-        rewards = losses.rewards
-        return self.summarize({
-            "loss_t": losses.triplet.detach(),
-            "loss_x": losses.classification.detach(),
-            "loss_cri": losses.critic.detach(),
-            "loss_mse": losses.mse.detach(),
-            "acc": _accuracy(losses.logits, pids),
-            "reward": rewards.total.mean(),
-            "reward_c": rewards.classification.mean(),
-            "reward_a": rewards.amelioration.mean(),
-            "critic_value": value.mean(),
-            "critic_corr": pearson(value, rewards.total),
-        })
-
-    def train(self, *args, **kwargs) -> None:
-        """torchreid's epoch, then the critics' statistics: over all of the epoch's images (how well they
-        predict the reward) and on the ``diagnostic_batch`` (:func:`diagnose_critics`: what their gradient is
-        worth to the agents; computed by every process, as with ``train.sync_bn`` its training-mode passes
-        synchronise the batch statistics across them); printed and written to TensorBoard as ``Epoch/<name>``."""
-        self._epoch_record = []
-        super().train(*args, **kwargs)
-        if not self._epoch_record:
-            return
-        record = torch.cat(self._epoch_record, dim=1)
-        values, (reward_c, reward_a, reward) = record[:-3], record[-3:]
-        stats = critic_summary(values, reward, reward_c, reward_a, self.critic_net.stages)
-        if self.diagnostic_batch is not None:
-            images, pids = self.diagnostic_batch
-            stats.update(diagnose_critics(self.network, self.critic_net, self._images(images),
-                                          pids.to(self.device)))
-        print(f"epoch {self.epoch + 1} critic: " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()
-                                                             if "stage" not in k))
-        if self.writer is not None:
-            for key, value in stats.items():
-                self.writer.add_scalar(f"Epoch/{key}", value, self.epoch + 1)
-
-    def epoch_progress(self) -> Dict[str, Any]:
-        """The epoch's critic record so far, so that after resuming within the epoch its statistics still cover
-        all of its images."""
-        return {"critic_record": torch.cat(self._epoch_record, dim=1)} if self._epoch_record else {}
-
-    def restore_epoch_progress(self, progress: Dict[str, Any]) -> None:
-        record = progress.get("critic_record")
-        self._epoch_record = [record.to(self.device)] if record is not None else []

@@ -26,13 +26,12 @@ gallery distance or index matrix never exists (unless one is passed in).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, NamedTuple, Optional, Union
+from typing import Callable, Dict, Iterator, NamedTuple, Optional, Set, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _torchreid
 
 BYTES_PER_PAIR = 56
 """Working memory per query-gallery pair of a chunk when every negative is a candidate: the distance, masks,
@@ -49,13 +48,17 @@ Array = Union[torch.Tensor, np.ndarray]
 class RankMetrics(NamedTuple):
     """``cmc[r - 1]``: share of evaluated queries with a true match within the first r; ``mAP``; ``mINP``
     (mean over queries of #positives / rank of the hardest positive); how many queries were evaluated and
-    how many were skipped for want of a valid match."""
+    how many were skipped for want of a valid match; and per query, in query order, its average precision
+    (``ap``, NaN for a skipped query) and the rank of its first true match (``first_match``, 0 when skipped),
+    so that two models can be compared query by query."""
 
     cmc: np.ndarray
     mAP: float
     mINP: float
     num_valid: int
     num_skipped: int
+    ap: np.ndarray
+    first_match: np.ndarray
 
 
 class GalleryDistances:
@@ -86,11 +89,11 @@ def distance_matrix(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean
 
 
 def rerank_distances(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean") -> np.ndarray:
-    """torchreid's k-reciprocal ``re_ranking`` on this module's distances. It needs the full query-gallery,
-    query-query and gallery-gallery matrices, so its memory grows with (Q + G)^2, not with the chunk."""
-    qf, gf = qf.float().cpu(), gf.float().cpu()
-    return _torchreid.utils.re_ranking(distance_matrix(qf, gf, metric).numpy(), distance_matrix(qf, qf, metric).numpy(),
-                                       distance_matrix(gf, gf, metric).numpy())
+    """The whole Q x G matrix of torchreid's k-reciprocal ``re_ranking`` (k1 20, k2 6, lambda 0.3) on this module's
+    distances, computed without its (Q + G)^2 matrices (:class:`torchreid_scal.retrieval.rerank.KReciprocal`)."""
+    from .retrieval.rerank import KReciprocal
+
+    return KReciprocal(qf, gf, metric=metric).matrix()
 
 
 def _sortable_bits(dist: torch.Tensor) -> torch.Tensor:
@@ -225,8 +228,9 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
     g_pids_np, g_camids_np = gallery.pids.cpu().numpy(), gallery.camids.cpu().numpy()
     first_rank = torch.zeros(max_rank + 2, dtype=torch.int64, device=device)
     cmc = np.zeros(max_rank)
-    ap_sum = inp_sum = 0.0
+    inp_sum = 0.0
     num_valid = 0
+    ap, first_match = np.full(num_q, np.nan), np.zeros(num_q, dtype=np.int64)
     for rows in _chunks(num_q, num_g, memory_mb):
         dist = distances(rows)
         with _cpu_threads(device, ranking_threads):
@@ -234,9 +238,13 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
                 raise ValueError("the distances hold NaN or infinite values: are the features finite?")
             ranks, k, row, count = _rank_chunk(dist, q_pids[rows], q_camids[rows], gallery)
             precision = k.double() / ranks
-            ap_sum += float((torch.bincount(row, precision, minlength=len(count)) / count.clamp(min=1)).sum())
+            valid = count > 0
+            chunk_ap = torch.bincount(row, precision, minlength=len(count)) / count.clamp(min=1)
+            ap[rows] = torch.where(valid, chunk_ap, torch.nan).cpu().numpy()
+            first = torch.zeros_like(count).masked_scatter_(valid, ranks.masked_select(k == 1))
+            first_match[rows] = first.cpu().numpy()
             inp_sum += float(precision.masked_select(k == count.take(row)).sum())
-            num_valid += int(count.count_nonzero())
+            num_valid += int(valid.count_nonzero())
             if cuhk03:
                 dist_np = dist.cpu().numpy()
                 for i in (count > 0).nonzero().squeeze(1).tolist():
@@ -251,7 +259,17 @@ def _rank(distances, num_q: int, num_g: int, q_pids: Array, g_pids: Array, q_cam
                          "nothing to rank (are the query and gallery sets of the same dataset?)")
     if not cuhk03:
         cmc = first_rank[1:max_rank + 1].cumsum(0).cpu().numpy().astype(np.float64)
-    return RankMetrics(cmc / num_valid, ap_sum / num_valid, inp_sum / num_valid, num_valid, num_q - num_valid)
+    return RankMetrics(cmc / num_valid, float(np.nansum(ap)) / num_valid, inp_sum / num_valid, num_valid,
+                       num_q - num_valid, ap, first_match)
+
+
+def count_valid_queries(q_pids: Array, q_camids: Array, g_pids: Array, g_camids: Array) -> int:
+    """How many queries the protocol evaluates: those with a gallery item of their identity from another camera."""
+    cameras: Dict[int, Set[int]] = {}
+    for pid, camid in zip(np.asarray(g_pids).tolist(), np.asarray(g_camids).tolist()):
+        cameras.setdefault(pid, set()).add(camid)
+    return sum(bool(cameras.get(pid, set()) - {camid})
+               for pid, camid in zip(np.asarray(q_pids).tolist(), np.asarray(q_camids).tolist()))
 
 
 def evaluate(qf: torch.Tensor, gf: torch.Tensor, q_pids: Array, g_pids: Array, q_camids: Array, g_camids: Array,
@@ -268,6 +286,15 @@ def evaluate(qf: torch.Tensor, gf: torch.Tensor, q_pids: Array, g_pids: Array, q
     qf = qf.float()
     return _rank(lambda rows: distances(qf[rows]), len(qf), len(gf), q_pids, g_pids, q_camids, g_camids,
                  gf.device, max_rank, cuhk03, memory_mb, seed, ranking_threads)
+
+
+def evaluate_rows(rows: Callable[[int, int], Array], num_q: int, num_g: int, q_pids: Array, g_pids: Array,
+                  q_camids: Array, g_camids: Array, max_rank: int = 50, cuhk03: bool = False, memory_mb: float = 256,
+                  seed: Optional[int] = None, ranking_threads: int = 1) -> RankMetrics:
+    """The same metrics from distances that ``rows(start, stop)`` gives for those queries (e.g. re-ranked ones
+    computed chunk by chunk), on the CPU: the Q x G matrix never exists."""
+    return _rank(lambda s: torch.as_tensor(rows(s.start, s.stop)), num_q, num_g, q_pids, g_pids, q_camids, g_camids,
+                 torch.device("cpu"), max_rank, cuhk03, memory_mb, seed, ranking_threads)
 
 
 def evaluate_distances(distmat: Array, q_pids: Array, g_pids: Array, q_camids: Array, g_camids: Array,

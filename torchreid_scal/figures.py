@@ -138,8 +138,12 @@ def plot_training_curves(scalars: Mapping[str, Sequence[Tuple[int, float]]], pat
 
 
 def save_rgb(path: str, rgb: np.ndarray) -> str:
-    """Write an RGB array with OpenCV (which expects BGR), creating the directory."""
+    """Write an RGB array, encoded by OpenCV (which expects BGR) as the extension says, creating the directory.
+    The file is written by Python: ``cv2.imwrite`` crashes on paths that are not UTF-8."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    ok, data = cv2.imencode(os.path.splitext(path)[1], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    with open(path, "wb") as f:
+        f.write(data.tobytes())
     return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -28,11 +29,11 @@ from .config import ConfigError
 from .critic_metrics import critic_summary, reliability_table
 from .datasets import DataError
 from .datasets.checks import read_image
-from .models import DEFAULT_CFGS, SCALResNet, StageCritics
+from .models import DEFAULT_CFGS, CompatibleCritics, CriticContext, SCALNetwork, StageCritics
 from .rewards import Rewards, compute_rewards
 from .runner import build_trained_model
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 REWARD_KEYS = ("mean_reward", "classification_rate", "attention_helped_rate", "critic_mse", "critic_reward_corr")
 
 
@@ -67,10 +68,10 @@ class Inspection:
         return ~self.rewards.total.isnan()
 
 
-def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, StageCritics]:
+def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALNetwork, Union[StageCritics, CompatibleCritics]]:
     """The model (sized by the checkpoint's classifier) and its critics from ``weights``, on ``device``, in
-    eval mode. The checkpoint supplies every weight, so no ImageNet weights are loaded, and the critics'
-    activation and stages where it records them (older checkpoints: ``scal.critic_activation`` and
+    eval mode. The checkpoint supplies every weight, so no ImageNet weights are loaded, and the critics' form,
+    activation and stages where it records them (older checkpoints: the paper's, ``scal.critic_activation`` and
     ``scal.critic_stages``). CheckpointError when
     the file lacks the critics or does not fit the config; ConfigError when model.name has no attention."""
     state = load_checkpoint(weights)
@@ -87,8 +88,12 @@ def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, 
     model = build_trained_model(cfg, model_state, weights)
     architecture = state["critic"].get("architecture") or {}
     stages = list(architecture.get("stages", cfg.scal.critic_stages))
-    critics = StageCritics(model.attention, model.stage_channels, stages,
-                           activation=architecture.get("activation", cfg.scal.critic_activation))
+    activation = architecture.get("activation", cfg.scal.critic_activation)
+    if architecture.get("form", "paper") == "compatible":
+        critics = CompatibleCritics(model.attention, model.stage_channels, stages, model.classifier.out_features,
+                                    activation=activation)
+    else:
+        critics = StageCritics(model.attention, model.stage_channels, stages, activation=activation)
     try:
         critics.load_state_dict(critic_state)
     except RuntimeError as err:
@@ -99,12 +104,17 @@ def load_scal(cfg: CN, weights: str, device: torch.device) -> Tuple[SCALResNet, 
 
 class ImageFiles(Dataset):
     """Every image file of a folder (sorted by name) through ``transform``, as torchreid-style items
-    with no identity (pid -1)."""
+    with no identity (pid -1). Other files are left out with a warning naming them."""
 
     def __init__(self, folder: str, transform) -> None:
-        self.paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+        files = sorted(p for p in glob.glob(os.path.join(glob.escape(folder), "*")) if os.path.isfile(p))
+        self.paths = [p for p in files if p.lower().endswith(IMAGE_EXTENSIONS)]
         if not self.paths:
             raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        others = [os.path.basename(p) for p in files if p not in self.paths]
+        if others:
+            warnings.warn(f"{folder}: leaving out {len(others)} files that are not images "
+                          f"({', '.join(IMAGE_EXTENSIONS)}): {others[:5]}")
         self.transform = transform
 
     def __len__(self) -> int:
@@ -125,7 +135,7 @@ def _batches(data: Union[Iterable[Mapping[str, Any]], Sequence[torch.Tensor]], b
 
 
 @torch.no_grad()
-def inspect_images(model: SCALResNet, critics: StageCritics,
+def inspect_images(model: SCALNetwork, critics: StageCritics,
                    data: Union[Iterable[Mapping[str, Any]], Sequence[torch.Tensor]], pids_are_classes: bool = False,
                    keep_maps: bool = True, batch_size: int = 64) -> Inspection:
     """Run ``model`` and ``critics`` in eval mode over a torchreid loader (dict batches) or image tensors.
@@ -142,7 +152,8 @@ def inspect_images(model: SCALResNet, critics: StageCritics,
         size = imgs.size(0)
         pid = torch.as_tensor(batch.get("pid", torch.full((size,), -1))).long()
         out = model(imgs, return_stages=True)
-        values.append(critics(out.features, out.maps)[0].float().cpu())
+        context = CriticContext(pid.clamp(min=0).to(device), out.logits.float().softmax(dim=1), out.maps)  # V: b(X)
+        values.append(critics(out.features, out.maps, context=context).values.float().cpu())
         if pids_are_classes:
             if pid.min() < 0 or pid.max() >= out.logits.size(1):
                 raise DataError(f"pids {int(pid.min())}..{int(pid.max())} are not classes of this "

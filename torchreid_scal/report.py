@@ -50,8 +50,12 @@ def figure_of(ins: Inspection, i: int, mean: Sequence[float], std: Sequence[floa
     return attention_figure(to_rgb(ins.images[i], mean, std), title, stage_titles, [m[i] for m in ins.maps], weights)
 
 
-def _stem(path: str, index: int) -> str:
-    return os.path.splitext(os.path.basename(path))[0] if path else f"image{index:05d}"
+def output_names(paths: Sequence[str]) -> List[str]:
+    """One output name per image: the file name without its extension, or with it where two images share a stem
+    (``img.tiff`` and ``img.webp`` would both become ``img.png``); ``imageNNNNN`` for an image without a path."""
+    stems = [os.path.splitext(os.path.basename(path))[0] if path else f"image{i:05d}" for i, path in enumerate(paths)]
+    shared = {stem for stem in stems if stems.count(stem) > 1}
+    return [os.path.basename(path) if stem in shared and path else stem for stem, path in zip(stems, paths)]
 
 
 def visualize(cfg: CN, weights: str, output: str, images: Optional[str] = None,
@@ -65,13 +69,12 @@ def visualize(cfg: CN, weights: str, output: str, images: Optional[str] = None,
         dataset: Dataset = ImageFiles(images, eval_transform(cfg))
     else:
         dataset = split_dataset(build_datamanager(cfg, device), "query")
-    count = num_images or (len(dataset) if images else QUERY_IMAGES)
+    count = num_images if num_images is not None else (len(dataset) if images else QUERY_IMAGES)
     ins = inspect_images(model, critics, make_loader(cfg, dataset, range(min(count, len(dataset)))))
     actmaps = activation_maps(model, ins.images, cfg.test.batch_size)
     mean, std = list(cfg.data.norm_mean), list(cfg.data.norm_std)
     written = []
-    for i, path in enumerate(ins.paths):
-        name = _stem(path, i)
+    for i, name in enumerate(output_names(ins.paths)):
         written.append(save_rgb(os.path.join(output, f"{name}.png"), figure_of(ins, i, mean, std, name)))
         save_rgb(os.path.join(output, "actmap", f"{name}.jpg"), actmap_grid(to_rgb(ins.images[i], mean, std),
                                                                             actmaps[i]))

@@ -22,6 +22,13 @@ def true_class_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return logits.detach().float().softmax(dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
+def true_class_log_probability(logits: torch.Tensor, labels: torch.Tensor, detach: bool = True) -> torch.Tensor:
+    """Log-softmax probability of each image's true class, computed in float32 (differentiable unless
+    ``detach``)."""
+    logits = logits.float()
+    return (logits.detach() if detach else logits).log_softmax(dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+
+
 @torch.no_grad()
 def compute_rewards(logits: torch.Tensor, plain_logits: torch.Tensor, labels: torch.Tensor) -> Rewards:
     """Rewards of the attention model's ``logits`` against the no-attention ``plain_logits``, shape (B,)."""

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import glob
 import os
+import stat
 import tempfile
 from typing import Iterator
 
@@ -46,11 +47,36 @@ def check_locations(cfg: CN) -> None:
         writable_directory(path, "data.save_dir")
 
 
+def _open_lock(path: str) -> int:
+    """The lock file, opened for writing without following a symbolic link: a ``.lock`` that links elsewhere (or a
+    second name of another file) would have that file truncated and overwritten with the process id. ConfigError
+    naming the path when it is a link, a folder or anything but a file of its own."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if os.path.islink(path):
+            kind = "a symbolic link (to " + os.readlink(path) + ")"
+        elif os.path.isdir(path):
+            kind = "a folder"
+        else:
+            raise ConfigError(f"data.save_dir: cannot open the run's lock file {path} ({err.strerror}); "
+                              "choose a writable folder") from None
+        raise ConfigError(f"data.save_dir: {path} is {kind}, not the run's lock file; a run never writes through it: "
+                          "remove it, or set data.save_dir to another folder") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        kind = "a file with other names (hard links)" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise ConfigError(f"data.save_dir: {path} is {kind}, not the run's lock file; a run never writes through it: "
+                          "remove it, or set data.save_dir to another folder")
+    return fd
+
+
 @contextlib.contextmanager
 def locked(save_dir: str) -> Iterator[None]:
     """Hold ``save_dir``'s lock: ConfigError when another run holds it. The lock is an ``flock`` that the
     operating system drops when the holding process ends, however it ends: a crashed run never leaves it stuck."""
-    fd = os.open(os.path.join(save_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(os.path.join(save_dir, LOCK))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,9 +20,13 @@ from .checkpoint import CheckpointError, load_weights
 from .config import (ConfigError, engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs, model_kwargs,
                      optimizer_kwargs)
 from .datasets import DATASETS, check_available, checked_datasets
+from .datasets.custom import register_custom
+from .datasets.demo import demo_options
 from .datasets.splits import diagnostic_dataset, fixed_batch
-from .engine import ImageSCALEngine, ImageSoftmaxEngine, ImageTripletEngine
-from .models import MODEL_FACTORIES, PretrainedWeightsError, StageCritics
+from .engine import ImageSoftmaxEngine, ImageTripletEngine
+from .models import MODEL_FACTORIES, PretrainedWeightsError
+from .retrieval.postprocess import PostProcess
+from .scal_engine import ImageSCALEngine, build_critics
 
 
 def select_device(cfg: CN) -> torch.device:
@@ -38,17 +42,24 @@ def build_datamanager(cfg: CN, device: torch.device):
     with the checks of :func:`checked_datasets` on the lists it builds. Its train loader keeps its workers
     across epochs and, under torchrun, feeds this process its share of every P x K batch."""
     names = list(cfg.data.sources) + list(cfg.data.targets)
-    check_available(cfg.data.root, names, generated=list(DATASETS))
-    identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler"
-    with checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
-                          check_images=cfg.data.check_images,
-                          num_instances=cfg.sampler.num_instances if identity_sampling else None,
-                          ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
-        datamanager = _torchreid.data.ImageDataManager(**imagedata_kwargs(cfg, use_gpu=device.type == "cuda"))
+    custom = register_custom(names, cfg.data.camera_pattern)
+    check_available(cfg.data.root, names, generated=list(DATASETS) + custom)
+    # An evaluation draws no training batch: nothing checks that the training split can fill one (torchreid's
+    # identity sampler would assert it).
+    identity_sampling = cfg.sampler.train_sampler == "RandomIdentitySampler" and not cfg.test.evaluate
+    kwargs = imagedata_kwargs(cfg, use_gpu=device.type == "cuda")
+    if cfg.test.evaluate:
+        kwargs["train_sampler"] = "RandomSampler"
+    with demo_options(num_test_ids=cfg.scal_demo.num_test_ids), \
+            checked_datasets(names, cfg.data.sources, skip_bad_images=cfg.data.skip_bad_images,
+                             check_images=cfg.data.check_images,
+                             num_instances=cfg.sampler.num_instances if identity_sampling else None,
+                             ids_per_batch=cfg.train.batch_size // cfg.sampler.num_instances):
+        datamanager = _torchreid.data.ImageDataManager(**kwargs)
     loader = datamanager.train_loader
     sampler, batch_size = loader.sampler, loader.batch_size
     here = distributed.world()
-    if here.size > 1:
+    if here.size > 1 and not cfg.test.evaluate:
         if not identity_sampling:
             raise ConfigError("distributed training shards P x K batches: "
                               "set sampler.train_sampler RandomIdentitySampler")
@@ -130,32 +141,69 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, optimizer, scheduler, d
     common = dict(scheduler=scheduler, use_gpu=device.type == "cuda", label_smooth=cfg.loss.softmax.label_smooth,
                   amp=cfg.train.amp, test_amp=cfg.test.amp, channels_last=cfg.model.channels_last,
                   checkpoint_freq=cfg.train.checkpoint_freq, keep_last=cfg.train.keep_last,
-                  evaluator=cfg.test.evaluator, eval_memory_mb=cfg.test.eval_memory_mb)
+                  evaluator=cfg.test.evaluator, eval_memory_mb=cfg.test.eval_memory_mb, model_name=cfg.model.name,
+                  postprocess=PostProcess.from_config(cfg))
     if cfg.loss.name == "softmax":
         return ImageSoftmaxEngine(datamanager, model, optimizer, **common)
     triplet = dict(common, margin=cfg.loss.triplet.margin, weight_t=cfg.loss.triplet.weight_t,
                    weight_x=cfg.loss.triplet.weight_x)
     if cfg.loss.name == "triplet":
         return ImageTripletEngine(datamanager, model, optimizer, **triplet)
-    net = getattr(model, "module", model)
-    critics = StageCritics(net.attention, net.stage_channels, list(cfg.scal.critic_stages),
-                           activation=cfg.scal.critic_activation).to(device)
-    critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=cfg.scal.critic_optim, lr=cfg.scal.critic_lr,
-                                                        weight_decay=0.0)
+    scal = cfg.scal
+    critics = build_critics(getattr(model, "module", model), scal.critic_form, list(scal.critic_stages),
+                            scal.critic_activation, seed=cfg.train.seed)
+    critic_optimizer = critic_scheduler = None
+    if critics is not None:
+        critics = critics.to(device)
+        critic_optimizer = _torchreid.optim.build_optimizer(critics, optim=scal.critic_optim, lr=scal.critic_lr,
+                                                            weight_decay=0.0)
+        critic_scheduler = build_scheduler(cfg, critic_optimizer, warmup=False)
     return ImageSCALEngine(
-        datamanager, model, optimizer, **triplet, critic_weight=cfg.scal.critic_weight, critics=critics,
-        critic_optimizer=critic_optimizer, critic_scheduler=build_scheduler(cfg, critic_optimizer, warmup=False),
-        critic_warmup_epochs=cfg.scal.critic_warmup_epochs, critic_counterfactual=cfg.scal.critic_counterfactual,
-        critic_explore_std=cfg.scal.critic_explore_std,
-        diagnostic_batch=(fixed_batch(diagnostic_dataset(datamanager), cfg.scal.diagnostic_images)
-                          if cfg.scal.diagnostic_images else None),
+        datamanager, model, optimizer, **triplet, critic_weight=scal.critic_weight, critics=critics,
+        critic_optimizer=critic_optimizer, critic_scheduler=critic_scheduler, critic_form=scal.critic_form,
+        critic_stages=list(scal.critic_stages), critic_warmup_epochs=scal.critic_warmup_epochs,
+        critic_explore_std=scal.critic_explore_std, critic_target=scal.critic_target, critic_seed=cfg.train.seed,
+        diagnostic_batch=(fixed_batch(diagnostic_dataset(datamanager), scal.diagnostic_images)
+                          if scal.diagnostic_images and critics is not None else None),
     )
 
 
-class _Tee:
-    """Writes to the console stream and to the run's log file."""
+class _Log:
+    """The run's log file, line-buffered so that it holds every line printed so far. A write that fails (a full disk)
+    ends the log with one warning on the console, which keeps everything; it never stops the run."""
 
-    def __init__(self, console: TextIO, log: TextIO) -> None:
+    def __init__(self, path: str, console: TextIO) -> None:
+        self.path, self.console = path, console
+        self.file: Optional[TextIO] = open(path, "a", buffering=1)
+
+    def write(self, text: str) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.write(text))
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.flush())
+
+    def close(self) -> None:
+        if self.file is not None:
+            self._do(lambda file: file.close())
+            self.file = None
+
+    def _do(self, action) -> None:
+        try:
+            action(self.file)
+        except OSError as err:
+            file, self.file = self.file, None
+            with contextlib.suppress(OSError):
+                file.close()
+            self.console.write(f"warning: cannot write the log {self.path} ({err.strerror or err}); it ends here, "
+                               "the console shows the rest\n")
+
+
+class _Tee:
+    """Writes to the console stream and to the run's log."""
+
+    def __init__(self, console: TextIO, log: _Log) -> None:
         self.console, self.log = console, log
 
     def write(self, text: str) -> int:
@@ -190,12 +238,14 @@ def run(cfg: CN, log_file: Optional[str] = None) -> None:
     name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     log_file = log_file or os.path.join(cfg.data.save_dir, name)
     stdout, stderr = sys.stdout, sys.stderr
-    with rundir.claimed(cfg), open(log_file, "a") as log:
+    with rundir.claimed(cfg):
+        log = _Log(log_file, stderr)
         sys.stdout, sys.stderr = _Tee(stdout, log), _Tee(stderr, log)
         try:
             _run(cfg)
         finally:
             sys.stdout, sys.stderr = stdout, stderr
+            log.close()
 
 
 def _run(cfg: CN) -> None:

@@ -45,6 +45,28 @@ def test_16_bit_grayscale_png_reads_like_its_8_bit_original(tmp_path):
     assert np.array_equal(rgb[..., 0], original) and np.array_equal(rgb[..., 2], original)
 
 
+def test_32_bit_integer_tiff_reads_like_its_8_bit_original(tmp_path):
+    original = np.random.default_rng(0).integers(0, 256, (64, 32), dtype=np.uint8)
+    deep = np.rint(original.astype(np.float64) * (2**31 - 1) / 255).astype(np.int32)
+    Image.fromarray(deep).save(tmp_path / "deep.tif")
+    with Image.open(tmp_path / "deep.tif") as img:
+        assert img.mode == "I"
+    rgb = np.asarray(read_image(str(tmp_path / "deep.tif")))
+    assert np.array_equal(rgb[..., 1], original)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone stores a portrait photo landscape, with EXIF orientation 6 (rotate 90 degrees clockwise to view)."""
+    upright = np.zeros((64, 32, 3), np.uint8)
+    upright[:8] = 255  # a white band at the top
+    stored = Image.fromarray(np.rot90(upright).copy())  # 32 x 64, the band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.png", exif=exif)
+    rgb = np.asarray(read_image(str(tmp_path / "phone.png")))
+    assert rgb.shape == (64, 32, 3) and np.array_equal(rgb, upright)
+
+
 @pytest.mark.parametrize("size", [30000, 10000])
 def test_decompression_bomb_is_a_bad_image_naming_the_file(tmp_path, size):
     path = tmp_path / "bomb.png"

@@ -6,6 +6,10 @@ import importlib
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict
@@ -46,8 +50,18 @@ def registered() -> None:
 def test_same_seed_is_byte_identical(default_root: Path, tmp_path: Path) -> None:
     SCALDemo(root=str(tmp_path), verbose=False)
     first, second = _hashes(default_root / "scal_demo"), _hashes(tmp_path / "scal_demo")
-    assert len(first) == 400 + 50 + 300 + 100 + 1
+    assert len(first) == 400 + 1000 + 6000 + 100 + 1  # train, query, gallery, held-out, marker
     assert first == second
+
+
+def test_the_large_test_split_leaves_the_training_images_as_they_were(default_root: Path, tmp_path: Path) -> None:
+    """The 1000-identity test split (1000 queries) only adds identities: the training images, and the first 50
+    test identities' images, are those of the earlier 50-identity split."""
+    SCALDemo(root=str(tmp_path), num_test_ids=50, verbose=False)
+    small, large = _hashes(tmp_path / "scal_demo"), _hashes(default_root / "scal_demo")
+    kept = [name for name in small if not name.startswith(("heldout_train", "."))]
+    assert len(kept) == 400 + 50 + 300
+    assert all(large[name] == small[name] for name in kept)
 
 
 def test_other_seed_gives_other_images(tmp_path: Path) -> None:
@@ -60,12 +74,12 @@ def test_other_seed_gives_other_images(tmp_path: Path) -> None:
 
 def test_split_structure(default_root: Path) -> None:
     data = SCALDemo(root=str(default_root), verbose=False)
-    assert (len(data.train), len(data.query), len(data.gallery)) == (400, 50, 300)
+    assert (len(data.train), len(data.query), len(data.gallery)) == (400, 1000, 6000)
     train_pids = {pid for _, pid, _, _ in data.train}
     query_pids = {pid for _, pid, _, _ in data.query}
     gallery_pids = {pid for _, pid, _, _ in data.gallery}
     assert train_pids == set(range(50))
-    assert len(query_pids) == 50 and query_pids <= gallery_pids
+    assert len(query_pids) == 1000 and query_pids <= gallery_pids
     names = {os.path.basename(path) for path, _, _, _ in data.train}
     original_train = {int(name[:4]) for name in names}
     assert len(original_train) == 50 and not original_train & gallery_pids
@@ -93,8 +107,8 @@ def test_image_data_manager(default_root: Path, registered: None, capsys: pytest
     )
     out = capsys.readouterr().out
     assert re.search(r"train\s+\|\s+50 \|\s+400 \|\s+3\b", out)
-    assert re.search(r"query\s+\|\s+50 \|\s+50 \|\s+3\b", out)
-    assert re.search(r"gallery\s+\|\s+50 \|\s+300 \|\s+3\b", out)
+    assert re.search(r"query\s+\|\s+1000 \|\s+1000 \|\s+3\b", out)
+    assert re.search(r"gallery\s+\|\s+1000 \|\s+6000 \|\s+3\b", out)
     assert re.search(r"# source ids\s+: 50\b", out) and re.search(r"# source images\s+: 400\b", out)
     assert manager.num_train_pids == 50 and manager.num_train_cams == 3
     batch = next(iter(manager.train_loader))
@@ -168,3 +182,33 @@ def test_damaged_marker_never_deletes_files_the_generator_did_not_write(tmp_path
 def test_generation_where_nothing_can_be_written_is_a_data_error() -> None:
     with pytest.raises(DataError, match="cannot generate scal_demo in /proc/x/scal_demo"):
         SCALDemo(root="/proc/x", verbose=False, **SMALL)
+
+
+def generate_in_child(root: str, **sizes) -> str:
+    return ("import sys; from torchreid_scal.datasets.demo import SCALDemo; from torchreid_scal.datasets.checks "
+            f"import read_image; data = SCALDemo(root=sys.argv[1], verbose=False, **{sizes!r}); "
+            "read_image(data.train[0][0]); print(len(data.train))")
+
+
+def test_a_root_whose_name_is_not_utf_8(tmp_path: Path) -> None:
+    """cv2.imwrite crashed the process (SIGSEGV) on such a path and left its temporary folder behind."""
+    root = os.fsdecode(os.fsencode(str(tmp_path)) + b"/data\xff\xfe")
+    result = subprocess.run([sys.executable, "-c", generate_in_child("", **SMALL), root], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["12"]
+    assert os.listdir(os.fsencode(root)) == [b"scal_demo"]
+
+
+def test_what_a_killed_generation_leaves_is_removed_by_the_next(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", generate_in_child(""), str(tmp_path)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".scal_demo-*/new/bounding_box_train/*.png")):
+        assert child.poll() is None and time.monotonic() < deadline, "the generation ended before it was stopped"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(60) == -signal.SIGTERM
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".scal_demo-")  # SIGTERM runs no clean-up
+    data = SCALDemo(root=str(tmp_path), verbose=False, **SMALL)
+    assert len(data.train) == 12 and [p.name for p in tmp_path.iterdir()] == ["scal_demo"]

@@ -14,9 +14,9 @@ import torch
 
 from conftest import HEIGHT, NUM_CLASSES, WIDTH
 from torchreid_scal.distributed import convert_sync_batchnorm
-from torchreid_scal.engine import ImageSCALEngine
+from torchreid_scal.scal_engine import ImageSCALEngine
 from torchreid_scal.models import create_model
-from torchreid_scal.models.scal_resnet import SyncBNNeck
+from torchreid_scal.models.head import SyncBNNeck
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -96,7 +96,7 @@ def test_two_gpus_under_torchrun_with_sync_bn_amp_and_channels_last(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          os.path.join(REPO, "tools", "main.py"), "--config-file", os.path.join(REPO, "configs", "scal_demo.yaml"),
-         "data.root", str(tmp_path / "data"), "data.save_dir", str(tmp_path / "log"), "data.height", "64",
+         "data.root", str(tmp_path / "data"), "scal_demo.num_test_ids", "50", "data.save_dir", str(tmp_path / "log"), "data.height", "64",
          "data.width", "32", "data.workers", "0", "train.max_epoch", "1", "train.warmup_epochs", "0",
          "use_gpu", "True", "train.sync_bn", "True", "train.amp", "True", "model.channels_last", "True"],
         capture_output=True, text=True, timeout=900, cwd=REPO,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import HEIGHT, WIDTH
-from torchreid_scal.engine import ImageSCALEngine, ImageTripletEngine
+from torchreid_scal.engine import ImageTripletEngine
+from torchreid_scal.scal_engine import ImageSCALEngine
 from torchreid_scal.models import BACKBONES, DEFAULT_CFGS, MODEL_FACTORIES, SCALOutput, create_model, stage_sizes
 
 NUM_CLASSES = 3

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import HEIGHT, WIDTH
-from torchreid_scal.models import ChannelCritic, SpatialCritic, StageCritics, create_model
+from torchreid_scal.models import (ChannelCritic, CompatibleCritics, CriticContext, SpatialCritic, StageCritics,
+                                   create_model)
 
 
 @pytest.mark.parametrize("variant, critic", [("resnet50_scal_channel", ChannelCritic),
@@ -43,11 +44,42 @@ def test_invalid_stages_are_named(stages):
 
 
 @pytest.mark.parametrize("kind, shape", [("channel", (3, 16, 1, 1)), ("spatial", (3, 1, 4, 2))])
-def test_all_ones_values_score_the_same_features_without_attention(kind, shape):
-    critics = StageCritics(kind, (8, 16), [1])
-    x, a = torch.randn(3, 16, 4, 2), torch.rand(*shape)
-    ones = critics([None, x], [None, a], ones=True).ones_values
-    assert torch.allclose(ones, critics([None, x], [None, torch.ones(*shape)]).values)
+def test_compatible_critic_is_linear_in_the_map_around_the_reference(kind, shape):
+    """V(X, A) = b(X) + <A - A_ref, u(X, y, p)>, with u the class embedding's row for y, minus the
+    probability-weighted rows, plus the shared part, applied to X and averaged over the axes the map lacks."""
+    critics = CompatibleCritics(kind, (8, 16), [1], num_classes=4)
+    stage = critics.critics["1"]
+    torch.nn.init.normal_(stage.embedding)
+    torch.nn.init.normal_(stage.shared)
+    x, a, ref = torch.randn(3, 16, 4, 2), torch.rand(*shape), torch.rand(*shape)
+    pids, probs = torch.tensor([0, 3, 1]), torch.rand(3, 4).softmax(dim=1)
+    context = CriticContext(pids, probs, [None, ref])
+    e = stage.embedding[pids] - probs @ stage.embedding + stage.shared
+    u = (x * e[:, :, None, None]).mean(dim=(2, 3) if kind == "channel" else (1,), keepdim=True)
+    expected = stage.value(x) + ((a - ref) * u).flatten(1).sum(dim=1)
+    assert torch.allclose(critics.score([None, x], [None, a], context)[0], expected, atol=1e-5)
+    offsets = [None, torch.randn(*shape)]
+    scored = critics([None, x], [None, ref], context=context, offsets=offsets)
+    assert torch.allclose(scored.values[0], stage.value(x))
+    assert torch.allclose(scored.advantage, (offsets[1] * u).flatten(1).sum(dim=1), atol=1e-5)
+
+
+def test_compatible_critics_value_of_agent_maps_reaches_the_maps_only():
+    critics = CompatibleCritics("channel", (8, 16), [0, 1], num_classes=3)
+    torch.nn.init.normal_(critics.critics["1"].embedding)
+    features = [torch.randn(2, 8, 4, 2), torch.randn(2, 16, 4, 2)]
+    maps = [torch.rand(2, 8, 1, 1), torch.rand(2, 16, 1, 1)]
+    agent_maps = [m.clone().requires_grad_(True) for m in maps]
+    context = CriticContext(torch.tensor([0, 2]), torch.full((2, 3), 1 / 3), maps)
+    fixed = critics(features, maps, agent_maps, context=context).agent_values
+    fixed.sum().backward()
+    assert all(p.grad is None for p in critics.parameters())
+    assert agent_maps[1].grad.abs().sum() > 0
+
+
+def test_compatible_critics_record_their_form():
+    assert CompatibleCritics("channel", (8,), [0], num_classes=2).architecture()["form"] == "compatible"
+    assert "form" not in StageCritics("channel", (8,), [0]).architecture()  # old checkpoints: paper critics
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "silu"])

@@ -9,7 +9,7 @@ import torchreid
 
 import torchreid_scal
 from torchreid_scal import _torchreid
-from torchreid_scal.models import BACKBONES, DEFAULT_CFGS, MODEL_FACTORIES, VARIANTS, SCALResNet, create_model
+from torchreid_scal.models import BACKBONES, DEFAULT_CFGS, MODEL_FACTORIES, VARIANTS, SCALNetwork, create_model
 
 NAMES = list(MODEL_FACTORIES)
 
@@ -33,7 +33,7 @@ def test_four_names_per_backbone():
 def test_build_model_through_torchreid(name):
     """torchreid's factory builds every name with its defaults (the spatial agents sized for 256x128)."""
     model = torchreid.models.build_model(name, num_classes=7, loss="triplet", pretrained=False, use_gpu=False)
-    assert isinstance(model, SCALResNet)
+    assert isinstance(model, SCALNetwork)
     assert model.loss == "triplet" and model.backbone.name == DEFAULT_CFGS[name]["backbone"]
     assert model.attention == DEFAULT_CFGS[name]["attention"]
     assert len(model.agents) == (0 if name.endswith("_bnneck") else 5)

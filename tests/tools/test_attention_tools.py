@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import DEMO, HEIGHT, REPO, WIDTH
 from torchreid_scal import _torchreid
@@ -51,18 +52,24 @@ def test_visualize_query_images(trained_run, tmp_path):
 
 
 def test_visualize_a_folder_of_images(trained_run, tmp_path):
+    """Every image gets its own figure: a GIF too, and two files that differ only in their extension."""
     folder, out = tmp_path / "images", tmp_path / "out"
     folder.mkdir()
     rng = np.random.default_rng(0)
     cv2.imwrite(str(folder / "a.png"), rng.integers(0, 255, (100, 50, 3), dtype=np.uint8))
     cv2.imwrite(str(folder / "b.jpg"), rng.integers(0, 255, (80, 30, 3), dtype=np.uint8))
+    for name in ("c.gif", "img.tiff", "img.webp"):
+        Image.fromarray(rng.integers(0, 255, (60, 30, 3), dtype=np.uint8)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     result = tool("visualize_attention.py", "--config-file", DEMO, "--weights", trained_run.weights,
                   "--output", str(out), "--images", str(folder), *trained_run.opts)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(out)) == ["a.png", "actmap", "b.png"]
-    assert is_figure(str(out / "a.png")) and is_figure(str(out / "b.png"))
-    check_actmaps(str(out / "actmap"), ["a", "b"])
+    names = ["a", "b", "c", "img.tiff", "img.webp"]
+    assert sorted(os.listdir(out)) == sorted([f"{n}.png" for n in names] + ["actmap"])
+    assert all(is_figure(str(out / f"{n}.png")) for n in names)
+    check_actmaps(str(out / "actmap"), names)
+    assert f"Wrote 5 attention figures to {out}" in result.stdout
+    assert "leaving out 1 files that are not images" in result.stderr and "notes.txt" in result.stderr
 
 
 @pytest.fixture(scope="module")

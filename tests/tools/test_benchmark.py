@@ -19,18 +19,18 @@ def test_benchmark_json_has_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--batch-size", "4", "--num-instances", "2",
-         "--height", "64", "--width", "32", "--steps", "2", "--warmup", "1", "--json", str(out),
+         "--height", "64", "--width", "32", "--steps", "2", "--warmup", "1", "--json", str(out), "--openvino",
          "--models", *sorted(MODELS)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    for figure in ("train_step_s", "extract_images_per_s", "peak_mem_mb"):
+    for figure in ("train_step_s", "extract_images_per_s", "peak_mem_mb", "openvino_extract_images_per_s"):
         assert set(report[figure]) == MODELS
         assert all(value > 0 for value in report[figure].values())
     scal = get_default_config().scal
     assert report["scal"]["critic_explore_std"] == scal.critic_explore_std  # the default SCAL is timed
-    assert report["scal"]["critic_counterfactual"] == scal.critic_counterfactual
+    assert report["scal"]["critic_form"] == scal.critic_form
     assert report["settings"]["height"] == 64 and report["versions"]["torchreid_layout"] == "pypi"
     assert all(len(report["raw"][m]["train_step_s"]) == 2 for m in MODELS)
     assert "osnet_x0_25_scal_spatial" in result.stdout and "step/resnet50" in result.stdout
@@ -39,6 +39,7 @@ def test_benchmark_json_has_every_figure(tmp_path):
     assert report["vs_bnneck"]["osnet_x0_25_scal_spatial"]["train_step"] == pytest.approx(
         steps["osnet_x0_25_scal_spatial"] / steps["osnet_x0_25_bnneck"])
     assert set(report["vs_resnet50"]) == MODELS
+    assert "osnet_x0_25_scal_spatial eager" in result.stdout and "/ OpenVINO" in result.stdout
 
 
 def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
@@ -75,3 +76,21 @@ def test_profile_names_the_operators_that_add_time_to_the_reference():
     rows = [line.split() for line in added.strip().splitlines()[1:]]
     assert len(rows) == 15 and rows[0][0].startswith("aten::")
     assert [float(r[-2]) for r in rows] == sorted((float(r[-2]) for r in rows), reverse=True)
+
+
+def test_rerank_benchmark_compares_torchreids_and_the_bounded_one(tmp_path):
+    out = tmp_path / "rerank.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--eval", "market1501", "--rerank", "--scale",
+         "0.02", "--dim", "32", "--memory-mb", "0.05", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    raw = json.loads(out.read_text())["raw"]
+    assert set(raw) == {"torchreid_rerank", "bounded_rerank"}
+    for figures in raw.values():
+        assert figures["total_s"] >= figures["rerank_s"] > 0 and figures["peak_rss_mb"] >= figures["baseline_rss_mb"]
+    assert raw["torchreid_rerank"]["distance_s"] > 0  # torchreid's three distance matrices, timed apart
+    assert abs(raw["bounded_rerank"]["mAP"] - raw["torchreid_rerank"]["mAP"]) < 1e-6
+    assert abs(raw["bounded_rerank"]["rank1"] - raw["torchreid_rerank"]["rank1"]) < 1e-6
+    assert "re-rank s" in result.stdout and "bounded_rerank" in result.stdout

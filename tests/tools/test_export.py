@@ -65,3 +65,28 @@ def test_export_refuses_weights_of_another_model(tmp_path):
          *SIZE], capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 5 and "does not fit resnet50_scal" in result.stderr
+
+
+def test_openvino_export_matches_eager(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet50_scal", 5, pretrained=False, height=64, width=32)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 64, 32) * 2 + 0.5)
+    model.eval()
+    weights = save_checkpoint({"state_dict": model.state_dict()}, str(tmp_path / "model.pth.tar-1"))
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "export.py"), "--format", "openvino", "--config-file",
+         os.path.join(REPO, "configs", "scal_demo.yaml"), "--weights", weights, "--output", str(tmp_path / "out"),
+         *SIZE], capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "parity openvino: batch 1: max abs diff" in result.stdout and ", batch 5: max abs diff" in result.stdout
+    assert (tmp_path / "out" / "model.bin").is_file()
+    for n in (1, 5):
+        images = torch.randn(n, 3, 64, 32)
+        with torch.no_grad():
+            expected = model(images)
+        got = run_exported("openvino", str(tmp_path / "out" / "model.xml"), images)
+        assert got.shape == (n, 2048)
+        assert (got - expected).abs().max().item() <= 5e-4  # float32 kernels of another library: ~1e-4 here

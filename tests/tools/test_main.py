@@ -1,7 +1,9 @@
 """tools/main.py end to end in subprocesses, on a tiny configuration of the demo dataset."""
 from __future__ import annotations
 
+import csv
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ def main_py(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def tiny(tmp_path_factory):
     """Overrides that make the demo job a few seconds: 64x32 images, one epoch, the test set once."""
     root = tmp_path_factory.mktemp("reid-data")
-    return ["data.root", str(root), "data.height", "64", "data.width", "32", "data.workers", "0",
+    return ["data.root", str(root), "scal_demo.num_test_ids", "50", "data.height", "64", "data.width", "32", "data.workers", "0",
             "train.max_epoch", "1", "train.warmup_epochs", "0", "train.print_freq", "4"]
 
 
@@ -46,6 +48,18 @@ def test_scal_trains_evaluates_and_logs(scal_run):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(save_dir))
     checkpoint = torch.load(os.path.join(save_dir, "model", "model.pth.tar-1"), weights_only=True)
     assert checkpoint["epoch"] == 1 and "critic" in checkpoint
+
+
+def test_each_querys_ap_and_first_match_are_saved_beside_the_results(scal_run):
+    save_dir, result = scal_run
+    with open(os.path.join(save_dir, "per_query-scal_demo.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 50 and rows[0]["query"].endswith(".png")
+    ap = [float(r["ap"]) for r in rows]
+    m_ap = float(re.search(r"mAP: ([\d.]+)%", result.stdout).group(1))
+    rank1 = float(re.search(r"Rank-1\s*: ([\d.]+)%", result.stdout).group(1))
+    assert 100 * sum(ap) / len(ap) == pytest.approx(m_ap, abs=0.05)
+    assert 100 * sum(int(r["first_match"]) == 1 for r in rows) / len(rows) == pytest.approx(rank1, abs=0.05)
 
 
 @pytest.fixture(scope="module")

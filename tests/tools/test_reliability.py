@@ -22,8 +22,8 @@ from torchreid_scal.runner import build_datamanager, build_engine, build_model, 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MAIN = os.path.join(REPO, "tools", "main.py")
 DEMO = os.path.join(REPO, "configs", "scal_demo.yaml")
-TINY = ["data.height", "64", "data.width", "32", "data.workers", "0", "train.warmup_epochs", "0",
-        "train.print_freq", "100", "test.eval_freq", "-1"]
+TINY = ["scal_demo.num_test_ids", "50", "data.height", "64", "data.width", "32", "data.workers", "0",
+        "train.warmup_epochs", "0", "train.print_freq", "100", "test.eval_freq", "-1"]
 
 
 def command(root, save_dir, *opts):

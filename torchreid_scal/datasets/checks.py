@@ -12,7 +12,7 @@ import warnings
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .. import _torchreid
 
@@ -44,8 +44,9 @@ def check_available(root: str, names: Iterable[str], generated: Sequence[str] = 
     table = _torchreid.image_dataset_table()
     for name in names:
         if name not in table:
-            raise DatasetNotFoundError(f"unknown dataset {name!r} in data.sources/data.targets; "
-                                       f"available: {sorted(table)}")
+            raise DatasetNotFoundError(f"unknown dataset {name!r} in data.sources/data.targets; available: "
+                                       f"{sorted(n for n in table if ':' not in n)}, or your own images as "
+                                       "market:ROOT, folders:ROOT or csv:FILE")
         cls = table[name]
         folder = getattr(cls, "dataset_dir", None)
         if name in generated or not isinstance(folder, str):
@@ -61,12 +62,32 @@ def check_available(root: str, names: Iterable[str], generated: Sequence[str] = 
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-"""PIL's modes of 16-bit grayscale files (``I`` in older Pillow); its ``convert("RGB")`` clips them to white."""
+"""PIL's modes of 16-bit grayscale files (``I`` in older Pillow, and for 32-bit integer TIFFs); its
+``convert("RGB")`` clips them to white."""
+_TIFF_BITS_PER_SAMPLE, _TIFF_SAMPLE_FORMAT, _TIFF_SIGNED = 258, 339, 2
+
+
+def _white_level(img: Image.Image) -> int:
+    """The largest value of a deep grayscale image's range: 65535 for 16 bits; for an integer TIFF, what its
+    BitsPerSample and SampleFormat tags say (2**31 - 1 for signed 32-bit samples)."""
+    tags = getattr(img, "tag_v2", {})
+
+    def first(tag: int, default: int) -> int:
+        value = tags.get(tag, default)
+        return int(value[0] if isinstance(value, tuple) else value)
+
+    signed = first(_TIFF_SAMPLE_FORMAT, 1) == _TIFF_SIGNED
+    return 2 ** (first(_TIFF_BITS_PER_SAMPLE, 16) - signed) - 1
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    """Upright (EXIF orientation applied: phone photos are stored sideways) and RGB, deep grayscale scaled to
+    8 bits."""
+    white = _white_level(img)  # from the file's tags, which the upright copy does not keep
+    img = ImageOps.exif_transpose(img)
     if img.mode in SIXTEEN_BIT_MODES:
-        img = Image.fromarray(np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257), 0, 255).astype(np.uint8))
+        scaled = np.rint(np.asarray(img, dtype=np.float64) * (255 / white))
+        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
     return img.convert("RGB")
 
 
@@ -167,14 +188,19 @@ def checked_datasets(names: Iterable[str], sources: Sequence[str], skip_bad_imag
                      ids_per_batch: Optional[int] = None) -> Iterator[None]:
     """While torchreid builds its data manager, the datasets ``names`` are built through :class:`_Checked`
     subclasses: every image is decoded first with ``check_images`` (DataError listing the unreadable ones) or
-    ``skip_bad_images`` (they are left out); identity sampling checks apply when ``num_instances`` is given."""
+    ``skip_bad_images`` (they are left out); identity sampling checks apply when ``num_instances`` is given.
+    Market-1501 and DukeMTMC-reID read each file's identity and camera from its own name (:mod:`.names`)."""
+    from .names import name_readers  # names.py raises this module's DataError
+
     table = _torchreid.image_dataset_table()
     saved = {name: table[name] for name in set(names)}
     options = _Options(sources, skip_bad_images, check_images, num_instances, ids_per_batch)
     try:
         for name, cls in saved.items():
             if isinstance(cls, type) and issubclass(cls, _torchreid.data.ImageDataset):
-                table[name] = type(cls.__name__, (cls, _Checked), {"_name": name, "_options": options})
+                table[name] = type(cls.__name__, (*name_readers(cls), cls, _Checked),
+                                   {"_name": name, "_options": options, "_dataset_name": name,
+                                    "_skip_bad_names": skip_bad_images})
         yield
     finally:
         table.update(saved)

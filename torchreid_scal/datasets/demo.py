@@ -7,6 +7,9 @@ the scale and position of the figure. Files follow Market-1501's layout and nami
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import glob
 import json
 import os
@@ -14,7 +17,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 import cv2
 import numpy as np
@@ -196,7 +199,7 @@ class DemoConfig:
 
     seed: int = 0
     num_train_ids: int = 50
-    num_test_ids: int = 50
+    num_test_ids: int = 1000
     train_per_id: int = 8
     gallery_per_id: int = 6
     heldout_per_id: int = 2
@@ -234,7 +237,9 @@ def generate(out_dir: str, config: DemoConfig) -> None:
     for frame, (split, pid, camid) in enumerate(config.layout()):
         rgb = render(people[pid - 1], camid, np.random.default_rng([config.seed, frame]))
         path = os.path.join(out_dir, SPLIT_DIRS[split], f"{pid:04d}_c{camid + 1}s1_{frame:06d}.png")
-        cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        _, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        with open(path, "wb") as f:  # Python's open takes any path (cv2.imwrite crashes on non-UTF-8 bytes)
+            f.write(png.tobytes())
     with open(os.path.join(out_dir, MARKER), "w") as f:
         json.dump(config.marker(), f, sort_keys=True)
 
@@ -256,38 +261,84 @@ def foreign_files(dataset_dir: str) -> List[str]:
     return sorted(foreign)
 
 
+def _marker_matches(dataset_dir: str, config: DemoConfig) -> bool:
+    try:
+        with open(os.path.join(dataset_dir, MARKER)) as f:
+            return json.load(f) == config.marker()
+    except (OSError, ValueError):
+        return False  # missing or unreadable marker: (re)generate
+
+
+@contextlib.contextmanager
+def _generator_lock(parent: str) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the folder ``parent`` while generating in it: another generator waits, and a
+    temporary folder seen meanwhile was left by one that was killed. Yields False where the file system has no
+    locks (nothing is then known to be stale)."""
+    try:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = True
+        except OSError:
+            locked = False
+        yield locked
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(parent: str, prefix: str) -> None:
+    """Delete the temporary folders (``prefix*`` holding only ``new`` and ``stale``) of generations that were killed
+    before they could clean up (SIGTERM, SIGKILL); only safe while holding :func:`_generator_lock`."""
+    for entry in os.scandir(parent):
+        if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
+            if set(os.listdir(entry.path)) <= {"new", "stale"}:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                print(f"removed {entry.path}, left by an interrupted scal_demo generation")
+
+
 def ensure_generated(dataset_dir: str, config: DemoConfig) -> bool:
     """Generate ``dataset_dir`` unless its marker matches ``config``; return whether it was generated.
 
     Images go to a temporary sibling that is renamed into place once complete, so an interrupted run
     never leaves a directory that looks finished; a stale directory is moved aside and removed, but only
-    when it holds nothing but the generator's own files (DataError naming the others otherwise).
+    when it holds nothing but the generator's own files (DataError naming the others otherwise). One process
+    generates at a time in a folder, and removes what killed generations left there.
     """
-    try:
-        with open(os.path.join(dataset_dir, MARKER)) as f:
-            if json.load(f) == config.marker():
-                return False
-    except (OSError, ValueError):
-        pass  # missing or unreadable marker: (re)generate
-    foreign = foreign_files(dataset_dir)
-    if foreign:
-        raise DataError(f"{dataset_dir} holds files the scal_demo generator did not write: {foreign[:5]}; its marker "
-                        f"{MARKER} is missing, damaged or of another generator version, so the folder would be "
-                        "regenerated: move those files elsewhere (or delete the folder) and run again")
+    if _marker_matches(dataset_dir, config):
+        return False
     parent = os.path.dirname(os.path.abspath(dataset_dir))
+    prefix = f".{os.path.basename(dataset_dir)}-"
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dataset_dir)}-", dir=parent)
     except OSError as err:
         raise DataError(f"cannot generate scal_demo in {dataset_dir} ({err.strerror or err}); "
                         "set data.root to a writable folder") from None
-    try:
-        generate(os.path.join(tmp, "new"), config)
-        if os.path.lexists(dataset_dir):
-            os.rename(dataset_dir, os.path.join(tmp, "stale"))
-        os.rename(os.path.join(tmp, "new"), dataset_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _generator_lock(parent) as exclusive:
+        if _marker_matches(dataset_dir, config):  # another process generated it while this one waited
+            return False
+        foreign = foreign_files(dataset_dir)
+        if foreign:
+            raise DataError(f"{dataset_dir} holds files the scal_demo generator did not write: {foreign[:5]}; its "
+                            f"marker {MARKER} is missing, damaged or of another generator version, so the folder would "
+                            "be regenerated: move those files elsewhere (or delete the folder) and run again")
+        if exclusive:
+            _remove_stale_temporaries(parent, prefix)
+        try:
+            tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        except OSError as err:
+            raise DataError(f"cannot generate scal_demo in {dataset_dir} ({err.strerror or err}); "
+                            "set data.root to a writable folder") from None
+        try:
+            generate(os.path.join(tmp, "new"), config)
+            if os.path.lexists(dataset_dir):
+                os.rename(dataset_dir, os.path.join(tmp, "stale"))
+            os.rename(os.path.join(tmp, "new"), dataset_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return True
 
 
@@ -304,6 +355,20 @@ def read_split(directory: str, relabel: bool = False) -> List[Tuple[str, int, in
     return items
 
 
+@contextlib.contextmanager
+def demo_options(**options) -> Iterator[None]:
+    """While the block runs, torchreid builds ``scal_demo`` with these generation options (e.g.
+    ``num_test_ids``): its data manager passes a dataset a fixed set of keywords only."""
+    table = _torchreid.image_dataset_table()
+    registered = table.get("scal_demo")
+    table["scal_demo"] = type("SCALDemo", (SCALDemo,), {"__init__": functools.partialmethod(SCALDemo.__init__,
+                                                                                           **options)})
+    try:
+        yield
+    finally:
+        table["scal_demo"] = registered
+
+
 class SCALDemo(_torchreid.data.ImageDataset):
     """torchreid dataset ``scal_demo``: generated under ``root/scal_demo`` on first use (seconds on CPU).
 
@@ -314,8 +379,9 @@ class SCALDemo(_torchreid.data.ImageDataset):
 
     dataset_dir = "scal_demo"
 
-    def __init__(self, root: str = "", seed: int = 0, num_train_ids: int = 50, num_test_ids: int = 50,
-                 train_per_id: int = 8, gallery_per_id: int = 6, heldout_per_id: int = 2, **kwargs) -> None:
+    def __init__(self, root: str = "", seed: int = 0, num_train_ids: int = 50,
+                 num_test_ids: int = DemoConfig.num_test_ids, train_per_id: int = 8, gallery_per_id: int = 6,
+                 heldout_per_id: int = 2, **kwargs) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.dataset_dir = os.path.join(self.root, self.dataset_dir)
         ensure_generated(self.dataset_dir, DemoConfig(seed, num_train_ids, num_test_ids, train_per_id, gallery_per_id,

@@ -15,12 +15,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .. import _torchreid
 from .attention import ChannelAgent, SpatialAgent
 from .backbones import BACKBONES, Backbone, stage_sizes
-from .critic import ChannelCritic, SpatialCritic, StageCritics
+from .critic import (ChannelCritic, CompatibleCritic, CompatibleCritics, CriticContext, SpatialCritic,
+                     StageCritics)
 from .network import SCALNetwork, SCALOutput, frozen_bn_stats
 from .pretrained import ImageNetWeights, PretrainedWeightsError, load_imagenet_weights
-
-SCALResNet = SCALNetwork
-"""The network's name from when it had a ResNet-50 backbone only."""
 
 VARIANTS: Dict[str, Optional[str]] = {"_scal": "channel", "_scal_channel": "channel", "_scal_spatial": "spatial",
                                       "_bnneck": None}
@@ -92,8 +90,8 @@ def register_models() -> None:
 
 
 __all__: List[str] = [
-    "BACKBONES", "Backbone", "ChannelAgent", "SpatialAgent", "ChannelCritic", "SpatialCritic", "StageCritics",
-    "SCALOutput", "SCALNetwork", "SCALResNet", "DEFAULT_CFGS", "ImageNetWeights", "MODEL_FACTORIES",
-    "PretrainedWeightsError", "VARIANTS", "attention_of", "create_model", "frozen_bn_stats", "load_imagenet_weights",
-    "register_models", "split_name", "stage_sizes", *MODEL_FACTORIES,
+    "BACKBONES", "Backbone", "ChannelAgent", "SpatialAgent", "ChannelCritic", "CompatibleCritic", "CompatibleCritics",
+    "CriticContext", "SpatialCritic", "StageCritics", "SCALOutput", "SCALNetwork", "DEFAULT_CFGS", "ImageNetWeights",
+    "MODEL_FACTORIES", "PretrainedWeightsError", "VARIANTS", "attention_of", "create_model", "frozen_bn_stats",
+    "load_imagenet_weights", "register_models", "split_name", "stage_sizes", *MODEL_FACTORIES,
 ]
