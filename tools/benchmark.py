@@ -1,4 +1,4 @@
-"""Speed and memory of SCAL against the like-for-like baseline (resnet50_bnneck) and torchreid's resnet50.
+r"""Speed and memory of SCAL against the like-for-like baseline (resnet50_bnneck) and torchreid's resnet50.
 
     python tools/benchmark.py --device cpu --batch-size 16 --num-instances 4 --height 256 --width 128 \\
         --steps 5 [--amp] [--channels-last] [--json bench.json]

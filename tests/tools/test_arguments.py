@@ -2,7 +2,9 @@
 any work; a value that parses is one the tool can use."""
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 
 import pytest
@@ -78,3 +80,12 @@ def test_usable_values_parse(tmp_path):
     args = attention_report.parse_args(REQUIRED + ["--output", "o", "--bins", "1", "--examples", "0"])
     assert (args.bins, args.examples, args.events) == (1, 0, None)
     assert benchmark.parse_args(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--num-instances", "2"]).steps == 1
+
+
+def test_the_usage_examples_in_the_tools_help_keep_their_line_breaks():
+    """A backslash at a line's end in a plain docstring joins the lines: --help showed one line with gaps."""
+    tools = os.path.join(os.path.dirname(__file__), "..", "..", "tools")
+    for name in sorted(os.listdir(tools)):
+        if name.endswith(".py"):
+            doc = ast.get_docstring(ast.parse(open(os.path.join(tools, name)).read())) or ""
+            assert not re.search(r"\S {5,}\[", doc), f"{name}: a usage example lost its line breaks"
