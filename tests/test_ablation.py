@@ -45,6 +45,14 @@ def test_markdown_lists_every_run_and_the_summary(tmp_path):
     assert cv2.imread(str(tmp_path / "chart.png")) is not None
 
 
+def test_a_diagnostic_that_does_not_apply_is_a_dash_not_nan():
+    records = [dict(record("scal_compatible", seed, 30.0, 40.0, 0.01), critic_alive=float("nan")) for seed in (1, 2)]
+    summary = aggregate(records, ["scal_compatible"])
+    assert summary["scal_compatible"]["critic_alive"]["mean"] is None
+    text = markdown(records, summary, "header")
+    assert "nan" not in text and "| 0.010 ± 0.000 |" in text
+
+
 def test_variants_name_the_decisive_comparison_for_both_attentions():
     assert {"bnneck", "attention", "scal_paper", "scal_oracle", "scal_compatible", "attention_spatial",
             "scal_paper_spatial"} <= set(VARIANTS)

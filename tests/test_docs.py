@@ -103,3 +103,32 @@ def test_the_configuration_reference_lists_exactly_the_added_keys():
 def test_readme_is_short():
     with open(README, encoding="utf-8") as f:
         assert len(f.read().splitlines()) <= 250
+
+
+def cited_tests(path: str) -> Iterator[Tuple[str, str]]:
+    """``(file under tests/, test name)`` for every ``file.py::test`` a document cites; a bare ``::test`` on the
+    same line names another test of the file cited before it."""
+    for line in prose(path).splitlines():
+        current = None
+        for file, name in re.findall(r"`((?:tests/)?[\w/]+\.py)?::(\w+)", line):
+            current = (file[len("tests/"):] if file.startswith("tests/") else file) or current
+            if current is None:
+                raise AssertionError(f"{path}: ::{name} names no file: {line}")
+            yield current, name
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: os.path.relpath(p, REPO))
+def test_every_cited_test_exists(path):
+    missing = []
+    for file, name in cited_tests(path):
+        source = os.path.join(REPO, "tests", file)
+        if not os.path.exists(source) or not re.search(rf"^def {name}\(", open(source).read(), re.M):
+            missing.append(f"{file}::{name}")
+    assert missing == []
+
+
+def test_cited_tests_are_read_with_their_file(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("| a | `tools/test_a.py::test_one`, `::test_two` | `tests/test_b.py::test_three` |\n")
+    assert list(cited_tests(str(page))) == [("tools/test_a.py", "test_one"), ("tools/test_a.py", "test_two"),
+                                            ("test_b.py", "test_three")]

@@ -1,4 +1,4 @@
-"""Train and evaluate variants x seeds of one config, and tabulate them.
+r"""Train and evaluate variants x seeds of one config, and tabulate them.
 
     python tools/ablate.py --config-file configs/scal_demo.yaml --output ablation/demo \
         [--variants bnneck,attention,scal_paper,...] [--seeds 1,2,3] [--backbone resnet50] \

@@ -1,6 +1,6 @@
-"""Speed and memory of SCAL against the like-for-like baseline (its backbone's ``_bnneck``) and torchreid's resnet50.
+r"""Speed and memory of SCAL against the like-for-like baseline (its backbone's ``_bnneck``) and torchreid's resnet50.
 
-    python tools/benchmark.py --device cpu --batch-size 16 --num-instances 4 --height 256 --width 128 \\
+    python tools/benchmark.py --device cpu --batch-size 16 --num-instances 4 --height 256 --width 128 \
         --steps 5 [--models NAME ...] [--amp] [--channels-last] [--json bench.json]
 
 ``--models`` takes any name in torchreid's model table (default: resnet50 and the resnet50 SCAL family), e.g.

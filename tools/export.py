@@ -1,4 +1,4 @@
-"""Export a trained model's inference network (no critics) to ONNX, TorchScript and OpenVINO.
+r"""Export a trained model's inference network (no critics) to ONNX, TorchScript and OpenVINO.
 
     python tools/export.py --config-file configs/scal_demo.yaml --weights log/scal_demo/model/model.pth.tar-50 \\
         --output exported [--format onnx torchscript openvino] [KEY VALUE ...]

@@ -1,4 +1,4 @@
-"""Features of your own images from a trained checkpoint: a folder (recursively) or one image in, features out.
+r"""Features of your own images from a trained checkpoint: a folder (recursively) or one image in, features out.
 
     python tools/extract.py --weights log/scal_demo/model/model.pth.tar-25 --images /data/gallery \\
         --output gallery_features [--config-file configs/scal_demo.yaml] [--device auto|cpu|cuda] [--amp] \\

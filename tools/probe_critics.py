@@ -1,4 +1,4 @@
-"""Probe which critic forms can learn a useful gradient, offline, on a frozen trained network.
+r"""Probe which critic forms can learn a useful gradient, offline, on a frozen trained network.
 
     python tools/probe_critics.py --config-file configs/scal_demo.yaml --weights RUN/model/model.pth.tar-25 \
         [--forms paper,paper_explore,conditioned,compatible,compatible_logp] [--draws 8] [--epochs 20] \

@@ -1,4 +1,4 @@
-"""Search a gallery of extracted features with query images or features.
+r"""Search a gallery of extracted features with query images or features.
 
     python tools/search.py --gallery gallery_features --query QUERY --top-k 10 --output results \\
         [--weights CHECKPOINT] [--config-file CFG] [--rerank] [--aqe] [--device auto|cpu|cuda] [KEY VALUE ...]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import platform
 import signal
@@ -200,7 +201,7 @@ def aggregate(records: Sequence[Mapping[str, Any]], variants: Sequence[str],
         raise RuntimeError(f"the runs were evaluated on different query sets ({sorted(digests)}): compare runs of "
                            "one test split only")
     for variant, runs in by_variant.items():
-        stats = {key: mean_sd([r.get(key) for r in runs]) for key in (*METRICS, *DIAGNOSTICS)}
+        stats = {key: mean_sd([_finite(r.get(key)) for r in runs]) for key in (*METRICS, *DIAGNOSTICS)}
         stats["seeds"] = [r["seed"] for r in runs]
         noise = [query_noise(ap) for ap in _per_query_ap(runs).values()]
         stats["mAP_query_noise"] = 100.0 * float(np.mean(noise)) if noise else None
@@ -221,6 +222,11 @@ def _scaled(result: Dict[str, Any]) -> Dict[str, Any]:
     if result["mean"] is None:
         return result
     return dict(result, mean=100.0 * result["mean"], ci=[100.0 * c for c in result["ci"]])
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """``value``, or None where a diagnostic does not apply (NaN, e.g. ``alive`` of the compatible critics)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _cell(stat: Mapping[str, Any], digits: int) -> str:
@@ -264,7 +270,7 @@ def markdown(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping
     lines += ["", "Every run:", "", "| variant | seed | mAP | rank-1 " + HEADERS + " minutes |",
               "|---|---:|---:|---:|" + "---:|" * (len(SHOWN) + 1)]
     for r in records:
-        diag = " | ".join("–" if r.get(k) is None else f"{r[k]:.3f}" for k in SHOWN)
+        diag = " | ".join("–" if _finite(r.get(k)) is None else f"{r[k]:.3f}" for k in SHOWN)
         lines.append(f"| `{r['variant']}` | {r['seed']} | {r['mAP']:.1f} | {r['rank1']:.1f} | {diag} | "
                      f"{r['seconds'] / 60:.1f} |")
     return "\n".join(lines).strip() + "\n"

@@ -2,7 +2,9 @@
 any work; a value that parses is one the tool can use."""
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 
 import pytest
@@ -84,3 +86,12 @@ def test_usable_values_parse(tmp_path):
     assert ablate.parse_args(["--config-file", "c.yaml", "--output", "o", "--backbone", "osnet_x0_25"]).backbone == \
         "osnet_x0_25"
     assert benchmark.parse_args(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--num-instances", "2"]).steps == 1
+
+
+def test_the_usage_examples_in_the_tools_help_keep_their_line_breaks():
+    """A backslash at a line's end in a plain docstring joins the lines: --help showed one line with gaps."""
+    tools = os.path.join(os.path.dirname(__file__), "..", "..", "tools")
+    for name in sorted(os.listdir(tools)):
+        if name.endswith(".py"):
+            doc = ast.get_docstring(ast.parse(open(os.path.join(tools, name)).read())) or ""
+            assert not re.search(r"\S {5,}\[", doc), f"{name}: a usage example lost its line breaks"
