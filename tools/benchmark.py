@@ -296,7 +296,8 @@ def main(argv=None) -> None:
     print(f"device {args.device}, batch {args.batch_size} ({ids}x{args.num_instances}), "
           f"{args.height}x{args.width}, amp {args.amp}, channels_last {args.channels_last}, "
           f"{args.steps} steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
-    print("SCAL engine with the config defaults: " + ", ".join(f"{k} {v}" for k, v in report["scal"].items()))
+    settings = f"the {args.scal_variant} variant's settings" if args.scal_variant else "the config defaults"
+    print(f"SCAL engine with {settings}: " + ", ".join(f"{k} {v}" for k, v in report["scal"].items()))
     columns = ("train_step", "extract_time_per_image", "peak_mem")
     header = f"{'model':<30}{'step s (median, range)':>26}{'img/s':>9}{'peak MB':>9}"
     header += "".join(f"{c + '/bnneck':>20}" for c in ("step", "time/img", "mem"))

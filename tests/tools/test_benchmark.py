@@ -42,6 +42,20 @@ def test_benchmark_json_has_every_figure(tmp_path):
     assert "osnet_x0_25_scal_spatial eager" in result.stdout and "/ OpenVINO" in result.stdout
 
 
+def test_an_ablation_variant_sets_the_timed_scal_step(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--batch-size", "4", "--num-instances", "2",
+         "--height", "64", "--width", "32", "--steps", "1", "--warmup", "1", "--json", str(out),
+         "--scal-variant", "scal_compatible", "--models", "osnet_x0_25_bnneck", "osnet_x0_25_scal"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["scal"]["critic_form"] == "compatible" and report["scal"]["critic_explore_std"] > 0
+    assert "SCAL engine with the scal_compatible variant's settings: " in result.stdout
+
+
 def test_evaluation_benchmark_json_and_equal_metrics(tmp_path):
     out = tmp_path / "eval.json"
     result = subprocess.run(
