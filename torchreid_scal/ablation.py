@@ -300,7 +300,7 @@ def chart(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping[st
                                fmt=style, capsize=4, color="#3182bd", mfc="#3182bd" if style == "o" else "white")
     right.axhline(0.0, color="grey", linewidth=0.8)
     reference = summary[compared[0]]["vs_reference"]["reference"] if compared else "the reference"
-    right.set_title(f"Δ mAP vs {reference}: 95% t (●) and bootstrap (□)")
+    right.set_title(f"Δ mAP vs {reference}, 95% intervals:\nt (●), bootstrap (□)")
     for ax, labels in ((left, names), (right, compared)):
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
