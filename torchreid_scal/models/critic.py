@@ -97,7 +97,9 @@ def _check_stages(stages: Sequence[int], stage_channels: Sequence[int]) -> List[
     return sorted(set(int(k) for k in stages))
 
 
-def _check_activation(activation: str) -> None:
+def _check_kinds(attention: str, activation: str) -> None:
+    if attention not in CRITICS:
+        raise ValueError(f"no critic for attention kind {attention!r}; expected one of {sorted(CRITICS)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"scal.critic_activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
 
@@ -110,9 +112,7 @@ class StageCritics(nn.Module):
     def __init__(self, attention: str, stage_channels: Sequence[int], stages: Sequence[int],
                  activation: str = "relu") -> None:
         super().__init__()
-        if attention not in CRITICS:
-            raise ValueError(f"no critic for attention kind {attention!r}; expected one of {sorted(CRITICS)}")
-        _check_activation(activation)
+        _check_kinds(attention, activation)
         self.stages = _check_stages(stages, stage_channels)
         self.activation = activation
         self.critics = nn.ModuleDict({str(k): CRITICS[attention](stage_channels[k], activation=activation)
@@ -189,9 +189,7 @@ class CompatibleCritics(nn.Module):
     def __init__(self, attention: str, stage_channels: Sequence[int], stages: Sequence[int], num_classes: int,
                  activation: str = "relu") -> None:
         super().__init__()
-        if attention not in CRITICS:
-            raise ValueError(f"no critic for attention kind {attention!r}; expected one of {sorted(CRITICS)}")
-        _check_activation(activation)
+        _check_kinds(attention, activation)
         self.stages = _check_stages(stages, stage_channels)
         self.activation = activation
         self.critics = nn.ModuleDict({str(k): CompatibleCritic(attention, stage_channels[k], num_classes,
